@@ -141,7 +141,8 @@ def test_zscored_with_training_statistics(tmp_path, fake_features):
         np.testing.assert_allclose(a.mean(0), 0, atol=1e-5, err_msg=name)
         np.testing.assert_allclose(a[:, varying].std(0), 1, atol=1e-5, err_msg=name)
     # the stored statistics undo the z-scoring
-    raw = np.load(tmp_path / "cowley2023_v4" / "responses_repeat_averaged" / f"responses_{FAKE}.npy").T
+    resp = tmp_path / "cowley2023_v4" / "responses_repeat_averaged" / f"responses_{FAKE}.npy"
+    raw = np.load(resp).T
     z = ds.meta["zscore"]
     np.testing.assert_allclose(ds.Y * z["Y_std"] + z["Y_mean"], raw, atol=1e-4)
     # test rows are not part of the statistics: they are generally not centred

@@ -7,7 +7,7 @@ disk), both z-scored with training statistics. Neurons are not matched across se
 Expected layout (``fetch_cowley2023_v4`` writes it; PROVENANCE.md of the curated copy):
 
     <data_home>/cowley2023_v4/responses_repeat_averaged/responses_<session>.npy  (neurons, images)
-    <data_home>/cowley2023_v4/images/images_<session>.zip   image0001.jpg ... (any order, any folder)
+    <data_home>/cowley2023_v4/images/images_<session>.zip   image0001.jpg ... (any order/folder)
 
 Image k (1-based, the number in its file name) is column k - 1 of the responses.
 """
@@ -235,7 +235,8 @@ def load_cowley2023_v4(data_home: str | os.PathLike | None = None, session: str 
 
     feats = cached_efficientnet_features(
         images, sample_ids,
-        key_extra={"dataset": DATASET_DIR, "session": session, "images_zip_sha256": digests[zip_path]},
+        key_extra={"dataset": DATASET_DIR, "session": session,
+                   "images_zip_sha256": digests[zip_path]},
         cache_dir=cache_dir, batch_size=batch_size, progress=progress,
         name=f"{DATASET_DIR}-{session}-efficientnet-lite0",
     )

@@ -115,7 +115,7 @@ def _read_entry(npy: Path, sidecar: Path, key: dict) -> np.ndarray | None:
 def cached_features(key_dict: Mapping[str, Any], compute_fn: Callable[[], np.ndarray],
                     cache_dir: str | os.PathLike | None = None, *, name: str = "features",
                     info: Mapping[str, Any] | None = None) -> np.ndarray:
-    """Return ``compute_fn()``, loading it from the disk cache when an entry for ``key_dict`` exists.
+    """Return ``compute_fn()``, or its cached result when an entry for ``key_dict`` exists.
 
     key_dict : JSON-serialisable dict that fully determines the array (model, preprocessing,
         image ids hash, input file hashes). Anything not in it is assumed not to matter.
