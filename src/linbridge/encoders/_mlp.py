@@ -1,0 +1,126 @@
+"""The MLP encoder family and its training loop (functional core)."""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "identity": nn.Identity,
+}
+
+
+class Residual(nn.Module):
+    """h <- h + act(W h): the follow-up paper's residual block."""
+
+    def __init__(self, width: int, activation: str = "relu", bias: bool = False):
+        super().__init__()
+        self.linear = nn.Linear(width, width, bias=bias)
+        self.act = make_activation(activation)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.act(self.linear(h))
+
+
+def make_activation(name: str) -> nn.Module:
+    try:
+        return ACTIVATIONS[name]()
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; choose from {sorted(ACTIVATIONS)}") from None
+
+
+def build_mlp(n_features: int, n_units: int, hidden: int = 1024, depth: int = 1,
+              activation: str = "relu", bias: bool = False, residual_blocks: int = 0) -> nn.Sequential:
+    """Linear -> act (x depth) -> residual blocks -> Linear, as an ``nn.Sequential``.
+
+    depth=1, residual_blocks=0 is the LinBridge paper's encoder; activation='identity'
+    is its linear control; residual_blocks=2 is the JNE follow-up's.
+    """
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
+    layers: list[nn.Module] = []
+    width_in = n_features
+    for _ in range(depth):
+        layers += [nn.Linear(width_in, hidden, bias=bias), make_activation(activation)]
+        width_in = hidden
+    layers += [Residual(hidden, activation, bias) for _ in range(residual_blocks)]
+    layers.append(nn.Linear(hidden, n_units, bias=bias))
+    return nn.Sequential(*layers)
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_val_loss: float
+    history: list[dict] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+def train_mlp(model: nn.Module, X_train: np.ndarray, Y_train: np.ndarray,
+              X_val: np.ndarray, Y_val: np.ndarray, *, lr: float = 1e-3,
+              weight_decay: float = 1e-2, batch_size: int = 128, max_epochs: int = 200,
+              patience: int = 8, seed: int = 0, progress: bool = True,
+              checkpoint=None) -> TrainResult:
+    """AdamW on MSE with early stopping on validation MSE; the best weights are kept.
+
+    The model is left holding a deep copy of the weights of its best epoch (epochs
+    count from 1; best_epoch 0 would mean no epoch improved on the initial weights).
+    ``checkpoint(epoch, state)`` is called after every epoch, so a long run can
+    save and later resume from the returned state.
+    """
+    from tqdm.auto import tqdm
+
+    gen = torch.Generator().manual_seed(seed)
+    Xt, Yt = torch.as_tensor(X_train), torch.as_tensor(Y_train)
+    Xv, Yv = torch.as_tensor(X_val), torch.as_tensor(Y_val)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    loss_fn = nn.MSELoss()
+
+    def val_loss() -> float:
+        model.eval()
+        with torch.no_grad():
+            return float(loss_fn(model(Xv), Yv))
+
+    best_loss, best_epoch = val_loss(), 0
+    best_state = copy.deepcopy(model.state_dict())
+    history: list[dict] = [{"epoch": 0, "train_loss": math.nan, "val_loss": best_loss}]
+    bar = tqdm(range(1, max_epochs + 1), desc="train encoder", disable=None if progress else True,
+               leave=False)
+    stale = 0
+    for epoch in bar:
+        model.train()
+        perm = torch.randperm(len(Xt), generator=gen)
+        total = 0.0
+        for start in range(0, len(Xt), batch_size):
+            idx = perm[start:start + batch_size]
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(Xt[idx]), Yt[idx])
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        vl = val_loss()
+        history.append({"epoch": epoch, "train_loss": total / len(Xt), "val_loss": vl})
+        if vl < best_loss:
+            best_loss, best_epoch, stale = vl, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+        bar.set_postfix(val=f"{vl:.4f}", best=best_epoch)
+        if checkpoint is not None:
+            checkpoint(epoch, {"model": model.state_dict(), "opt": opt.state_dict()})
+        if stale >= patience:
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    return TrainResult(best_epoch=best_epoch, best_val_loss=best_loss, history=history,
+                       stopped_early=stale >= patience)
