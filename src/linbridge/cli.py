@@ -1,0 +1,118 @@
+"""Command-line interface: wires the stages together; no science here."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="LinBridge: interpret nonlinear neural encoding models through their Jacobians.")
+
+
+def _fail(msg: str) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code=2)
+
+
+def _run(cfg, out: Path, quiet: bool) -> dict:
+    from .pipeline import run
+
+    try:
+        return run(cfg, out, progress=not quiet)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        _fail(str(e))
+
+
+def _print_summary(m: dict, out: Path) -> None:
+    enc, inh, idx = m["encoders"], m["inherent"], m["indices"]
+    typer.echo(f"run directory: {out}")
+    typer.echo("median test r: " + ", ".join(f"{k} {v['median_r']:.3f}" for k, v in enc.items()))
+    typer.echo("inherent median r: " + ", ".join(f"{k} {v['median_r']:.3f}" for k, v in inh.items()))
+    typer.echo(f"median nonlinear fraction {idx['nonlinearity']['median']:.4f}, "
+               f"median JNE {idx['jne']['median']:.4g}")
+    if "ground_truth" in m:
+        gt = m["ground_truth"]
+        typer.echo(f"ground truth: inherent vs planted r learned "
+                   f"{gt['learned']['inherent_vs_planted_r']:.3f}, mean Jacobian "
+                   f"{gt['mean_jacobian']['inherent_vs_planted_r']:.3f}; index vs planted Spearman "
+                   f"{gt['nonlinearity_vs_planted_spearman']:.3f}; tier medians "
+                   + ", ".join(f"{k} {v:.3f}" for k, v in gt["tier_medians"].items()))
+    typer.echo(f"report: {out / 'report.html'}")
+
+
+@app.command()
+def demo(dataset: str = typer.Option("synthetic", help="synthetic | cowley2023-v4"),
+         out: Path = typer.Option(Path("runs/demo"), help="run directory"),
+         data_home: Optional[Path] = typer.Option(None, envvar="LINBRIDGE_DATA",
+                                                  help="folder holding the data sets"),
+         session: Optional[str] = typer.Option(None, help="cowley2023-v4 session"),
+         seed: int = typer.Option(0, help="seed of the encoders and learner"),
+         quiet: bool = typer.Option(False, help="no progress output")) -> None:
+    """Run the whole LinBridge job on a built-in dataset."""
+    from .config import config_from_dict
+
+    d: dict = {"dataset": {"name": dataset, "params": {}}, "seed": seed}
+    if session:
+        d["dataset"]["params"]["session"] = session
+    if data_home:
+        d["data_home"] = str(data_home)
+    try:
+        cfg = config_from_dict(d, where="demo")
+    except ValueError as e:
+        _fail(str(e))
+    _print_summary(_run(cfg, out, quiet), out)
+
+
+@app.command("run")
+def run_config(config: Path = typer.Argument(..., help="YAML configuration"),
+               out: Path = typer.Option(Path("runs/run"), help="run directory"),
+               data_home: Optional[Path] = typer.Option(None, envvar="LINBRIDGE_DATA"),
+               quiet: bool = typer.Option(False)) -> None:
+    """Run the job described by a YAML configuration."""
+    from .config import load_config
+
+    try:
+        cfg = load_config(config)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    if data_home:
+        cfg.data_home = str(data_home)
+    _print_summary(_run(cfg, out, quiet), out)
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="a finished run directory")) -> None:
+    """Rebuild report.html of a finished run without recomputing."""
+    from .report import build_report
+
+    if not (run_dir / "metrics.json").exists():
+        _fail(f"{run_dir} is not a finished run (no metrics.json)")
+    typer.echo(str(build_report(run_dir)))
+
+
+@app.command()
+def fetch(dataset: str = typer.Argument(..., help="cowley2023-v4"),
+          dest: Path = typer.Option(..., "--data-home", envvar="LINBRIDGE_DATA",
+                                    help="where to put the files"),
+          base_url: Optional[str] = typer.Option(None, help="mirror (URL or local folder)")) -> None:
+    """Download a public dataset with SHA-256 checks."""
+    if dataset != "cowley2023-v4":
+        _fail(f"unknown dataset {dataset!r}; available: cowley2023-v4")
+    from .data.fetch import fetch_cowley2023_v4
+
+    kwargs = {"base_url": base_url} if base_url else {}
+    try:
+        paths = fetch_cowley2023_v4(dest, **kwargs)
+    except (ValueError, OSError) as e:
+        _fail(str(e))
+    typer.echo(f"{len(paths)} files verified under {dest}")
+
+
+def main() -> None:  # pragma: no cover
+    app(prog_name="linbridge")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
