@@ -482,3 +482,28 @@ def test_data_home_errors(tmp_path, monkeypatch):
         nsd.load_nsd(None)
     with pytest.raises(FileNotFoundError, match="not an NSD root"):
         nsd.load_nsd(tmp_path)
+
+
+# --------------------------------------------------------------------------- response cache
+def test_response_cache_hit_and_invalidation(root, cache, tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    alt = tmp_path / "nsd"
+    shutil.copytree(root, alt)
+    own = tmp_path / "cache"
+    first = _load(alt, own, subject=1, sessions=2)
+    fresh = _load(alt, own, subject=1, sessions=2, cache_responses=False)
+    np.testing.assert_array_equal(first.Y, fresh.Y)
+
+    calls = []
+    real = nsd._average_betas
+    monkeypatch.setattr(nsd, "_average_betas", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = _load(alt, own, subject=1, sessions=2)
+    assert calls == []  # served from the cache
+    np.testing.assert_array_equal(again.Y, first.Y)
+    f = alt / f"nsddata_betas/ppdata/subj01/func1pt8mm/{BETAS}/betas_session02.hdf5"
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the file "changed"
+    _load(alt, own, subject=1, sessions=2)
+    assert calls == [1]

@@ -108,6 +108,8 @@ DEFAULT_TIERS: dict[str, tuple[str, ...]] = {
 OTHER_TIER = "other"
 VOXEL_SELECTIONS = ("nsdgeneral", "rois", "cortex", "all")
 DATA_ENV = "LINBRIDGE_DATA"
+#: bump when the averaged-response computation changes, so old cache entries are ignored
+RESPONSE_CACHE_FORMAT = 1
 
 
 # --------------------------------------------------------------------------- paths
@@ -633,6 +635,47 @@ def _zscore_session(a: np.ndarray, col_block: int = 8192) -> np.ndarray:
     return const
 
 
+def _average_betas(make_reader, sessions: Sequence[int], T: int,
+                   trial_ids: Mapping[int, np.ndarray], row_of: Mapping[int, int],
+                   n_images: int, n_units: int, trial_block: int, progress: bool,
+                   desc: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-session z-scored betas averaged per image: ((images, units) float64, number of
+    sessions in which each unit was constant). A unit with a NaN anywhere ends up NaN."""
+    from tqdm.auto import tqdm
+
+    sums = np.zeros((n_images, n_units), dtype=np.float64)
+    counts = np.zeros(n_images, dtype=np.int64)
+    const_sessions = np.zeros(n_units, dtype=np.int64)
+    for s in tqdm(sessions, desc=desc, unit="session", disable=None if progress else True):
+        reader = make_reader(s)
+        try:
+            sess = np.empty((T, n_units), dtype=np.float32)
+            for t0 in range(0, T, trial_block):
+                t1 = min(t0 + trial_block, T)
+                sess[t0:t1] = reader.read(t0, t1)
+        finally:
+            reader.close()
+        nan_here = np.isnan(sess).any(0)
+        const = _zscore_session(sess)
+        const_sessions += const & ~nan_here
+        rows = np.array([row_of[int(i)] for i in trial_ids[s]])
+        order = np.argsort(rows, kind="stable")
+        uniq, starts = np.unique(rows[order], return_index=True)
+        sums[uniq] += np.add.reduceat(sess[order].astype(np.float64), starts, axis=0)
+        counts += np.bincount(rows, minlength=n_images)
+        del sess
+    if (counts == 0).any():
+        raise RuntimeError("an image of the design has no trial in the sessions read")
+    return sums / counts[:, None], const_sessions
+
+
+def _file_stat(path: Path) -> list:
+    """(size, mtime in ns) of a file: what the response cache checks instead of hashing
+    tens of GB of betas."""
+    st = os.stat(path)
+    return [int(st.st_size), int(st.st_mtime_ns)]
+
+
 # --------------------------------------------------------------------------- images
 class NSDImages:
     """``images(indices) -> (n, H, W, 3) uint8`` for the samples of an NSD ``Dataset``.
@@ -754,7 +797,8 @@ def load_nsd(data_home: str | os.PathLike | None = None, subject: int = 1,
              feature_layer: str = "final_cls", n_val: float | int = 0.1, seed: int = 0,
              cache_dir: str | os.PathLike | None = None, betas_format: str = "hdf5",
              image_dir: str | os.PathLike | None = None, batch_size: int = 32,
-             device: str = "cpu", trial_block: int = 125, progress: bool = True) -> Dataset:
+             device: str = "cpu", trial_block: int = 125, cache_responses: bool = True,
+             progress: bool = True) -> Dataset:
     """One NSD subject as a ``Dataset``: CLIP features of each image, its averaged betas.
 
     data_home : the NSD root (holds nsddata/, nsddata_betas/, nsddata_stimuli/); default
@@ -779,12 +823,13 @@ def load_nsd(data_home: str | os.PathLike | None = None, subject: int = 1,
     image_dir : read images from this folder (files named with ``nsdNNNNN``) instead of
         ``nsd_stimuli.hdf5``.
     trial_block : trials read per block (memory ~ trial_block x bounding box x 2 bytes).
+    cache_responses : keep the averaged responses in the cache too (keyed by subject, space,
+        sessions, units, and each betas file's size and modification time), so a second run
+        does not re-read the betas.
 
     Memory: the float64 sums of the averaged responses (images x units x 8 bytes, 1.3 GB for
     10,000 images x 15,724 nsdgeneral voxels) plus one session of float32 (trials x units).
     """
-    from tqdm.auto import tqdm
-
     root = _resolve_data_home(data_home)
     _check_space(space)
     paths = NSDPaths(root, int(subject))
@@ -884,38 +929,51 @@ def load_nsd(data_home: str | os.PathLike | None = None, subject: int = 1,
     ids73k = np.unique(all_ids)
     row_of = {int(i): r for r, i in enumerate(ids73k)}
 
-    # ---- betas: per-session z-score, then sum per image
-    sums = np.zeros((ids73k.size, n_units), dtype=np.float64)
-    counts = np.zeros(ids73k.size, dtype=np.int64)
-    nan_units = np.zeros(n_units, dtype=bool)
-    const_sessions = np.zeros(n_units, dtype=np.int64)
-    for s in tqdm(chosen, desc=f"NSD {paths.subj} {space} sessions", unit="session",
-                  disable=None if progress else True):
+    # ---- betas: per-session z-score, then average per image (cached)
+    counts = np.bincount([row_of[int(i)] for i in all_ids], minlength=ids73k.size)
+    for s in chosen:
+        files[f"betas:{s:02d}"] = (str(paths.betas_volume(s, betas_format))
+                                   if space == "func1pt8mm" else
+                                   ";".join(str(paths.betas_surface(s, h)) for h in HEMIS))
+
+    def make_reader(s):
         if space == "func1pt8mm":
-            reader = _VolumeReader(paths.betas_volume(s, betas_format), betas_format, grid, ijk)
-            files[f"betas:{s:02d}"] = str(paths.betas_volume(s, betas_format))
-        else:
-            reader = _SurfaceReader(paths, s, sel, n_vertices)
-            files[f"betas:{s:02d}"] = ";".join(str(paths.betas_surface(s, h)) for h in HEMIS)
-        try:
-            sess = np.empty((T, n_units), dtype=np.float32)
-            for t0 in range(0, T, trial_block):
-                t1 = min(t0 + trial_block, T)
-                sess[t0:t1] = reader.read(t0, t1)
-        finally:
-            reader.close()
-        nan_here = np.isnan(sess).any(0)
-        nan_units |= nan_here
-        const = _zscore_session(sess)
-        const_sessions += const & ~nan_here
-        rows = np.array([row_of[int(i)] for i in trial_ids[s]])
-        order = np.argsort(rows, kind="stable")
-        uniq, starts = np.unique(rows[order], return_index=True)
-        sums[uniq] += np.add.reduceat(sess[order].astype(np.float64), starts, axis=0)
-        counts += np.bincount(rows, minlength=ids73k.size)
-        del sess
-    Y_raw = sums / counts[:, None]
-    del sums
+            return _VolumeReader(paths.betas_volume(s, betas_format), betas_format, grid, ijk)
+        return _SurfaceReader(paths, s, sel, n_vertices)
+
+    done: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def average():
+        if "r" not in done:
+            done["r"] = _average_betas(make_reader, chosen, T, trial_ids, row_of, ids73k.size,
+                                       n_units, trial_block, progress,
+                                       f"NSD {paths.subj} {space} sessions")
+        return done["r"]
+
+    if cache_responses:
+        from ..features._cache import cached_features, hash_strings
+
+        stats = {}
+        for what, v in files.items():
+            if what.startswith("betas:"):
+                for f in v.split(";"):
+                    stats[str(Path(f).relative_to(root))] = _file_stat(Path(f))
+        rkey = {"dataset": "nsd", "what": "session-zscored repeat-averaged betas",
+                "format": RESPONSE_CACHE_FORMAT, "subject": int(subject), "space": space,
+                "betas_format": fmt, "sessions": chosen, "trials_per_session": T,
+                "betas_files": stats, "expdesign": _file_stat(paths.expdesign),
+                "units_sha256": hash_strings(unit_ids.tolist()),
+                "images_sha256": hash_strings(ids73k.tolist())}
+        name = f"nsd-{paths.subj}-{space}"
+        Y_raw = cached_features({**rkey, "part": "mean"}, lambda: average()[0], cache_dir,
+                                name=f"{name}-responses")
+        const_sessions = cached_features({**rkey, "part": "constant_sessions"},
+                                         lambda: average()[1], cache_dir,
+                                         name=f"{name}-constant")
+    else:
+        Y_raw, const_sessions = average()
+    done.clear()
+    nan_units = np.isnan(Y_raw).any(0)
 
     # ---- noise ceiling inputs
     if space == "func1pt8mm":
