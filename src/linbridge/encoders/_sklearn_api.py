@@ -40,10 +40,20 @@ class RidgeEncoder:
             X, Y = np.concatenate([X, Xv]), np.concatenate([Y, Yv])
         set_backend("numpy", on_error="warn")
         params = {"n_targets_batch": self.n_targets_batch} if self.n_targets_batch else None
-        model = RidgeCV(alphas=np.asarray(self.alphas), cv=self.cv, solver_params=params,
-                        force_cpu=self.force_cpu)
-        model.fit(X.astype(np.float64), Y.astype(np.float64))
-        self.coef_ = np.asarray(model.coef_, dtype=np.float64)
+        X64, Y64 = X.astype(np.float64), Y.astype(np.float64)
+        if X.shape[0] < X.shape[1]:
+            # fewer samples than features: the dual (linear-kernel) problem is the cheaper one
+            from himalaya.kernel_ridge import KernelRidgeCV
+
+            model = KernelRidgeCV(alphas=np.asarray(self.alphas), kernel="linear", cv=self.cv,
+                                  solver_params=params, force_cpu=self.force_cpu)
+            model.fit(X64, Y64)
+            self.coef_ = np.asarray(model.get_primal_coef(), dtype=np.float64)
+        else:
+            model = RidgeCV(alphas=np.asarray(self.alphas), cv=self.cv, solver_params=params,
+                            force_cpu=self.force_cpu)
+            model.fit(X64, Y64)
+            self.coef_ = np.asarray(model.coef_, dtype=np.float64)
         self.best_alphas_ = np.asarray(model.best_alphas_)
         return self
 

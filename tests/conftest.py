@@ -1,0 +1,25 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# small, quiet, reproducible
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def small_synthetic():
+    from linbridge.data import make_synthetic
+
+    return make_synthetic(seed=3, n_features=16, n_train=600, n_val=150, n_test=200,
+                          units_per_tier=8)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

@@ -1,0 +1,146 @@
+"""Integration tests of every CLI path on small data."""
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from linbridge.cli import app
+from linbridge.config import config_from_dict, load_config
+
+runner = CliRunner()
+
+SMALL = {
+    "dataset": {"name": "synthetic", "params": {"n_features": 16, "n_train": 600, "n_val": 150,
+                                                "n_test": 120, "units_per_tier": 8}},
+    "encoders": {"mlp_relu": {"hidden": 64, "max_epochs": 40, "lr": 3e-3},
+                 "mlp_linear": {"hidden": 64, "max_epochs": 40, "lr": 3e-3},
+                 "ridge": {"cv": 3}},
+    "bridge": {"learner": {"n_epochs": 3, "batch_size": 32}},
+    "metrics": {"n_boot": 30, "afd_tsne_seeds": [0, 1]},
+    "seed": 1,
+}
+
+REQUIRED = [
+    "encoders.ridge.median_r", "encoders.mlp_linear.median_r", "encoders.mlp_relu.median_r",
+    "encoders.mlp_linear.best_epoch", "encoders.mlp_relu.best_epoch",
+    "inherent.learned.median_r", "inherent.mean_jacobian.median_r",
+    "inherent.learned.r2_map_corr_with_nonlinear", "inherent.mean_jacobian.r2_map_corr_with_nonlinear",
+    "indices.jne.median", "indices.nonlinearity.median",
+    "ground_truth.learned.inherent_vs_planted_r", "ground_truth.mean_jacobian.inherent_vs_planted_r",
+    "ground_truth.nonlinearity_vs_planted_spearman",
+]
+
+
+def _get(d, dotted):
+    for k in dotted.split("."):
+        d = d[k]
+    return d
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    cfg = tmp / "small.yaml"
+    cfg.write_text(yaml.safe_dump(SMALL))
+    out = tmp / "out"
+    res = runner.invoke(app, ["run", str(cfg), "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    return cfg, out, res
+
+
+def test_run_writes_complete_run_directory(small_run):
+    _, out, res = small_run
+    for name in ("config.yaml", "versions.json", "dataset.json", "metrics.json", "units.csv",
+                 "report.html", "decomposition.npz", "jacobian_stats.npz", "learner.json",
+                 "encoders/ridge.npz", "encoders/mlp_relu.pt", "encoders/mlp_linear.pt"):
+        assert (out / name).exists(), name
+    m = json.loads((out / "metrics.json").read_text())
+    for key in REQUIRED:
+        v = _get(m, key)
+        assert np.isfinite(v), key
+    tiers = m["ground_truth"]["tier_medians"]
+    assert set(tiers) == {"tier1_linear", "tier2_relu", "tier3_quadratic"}
+    assert "report:" in res.output
+    assert not list(out.rglob("*.tmp")), "temporary files left behind"
+
+
+def test_report_is_self_contained(small_run):
+    _, out, _ = small_run
+    html = (out / "report.html").read_text()
+    imgs = re.findall(r'<img[^>]+src="([^"]+)"', html)
+    assert len(imgs) >= 6 and all(s.startswith("data:image/png;base64,") for s in imgs)
+    assert "http://" not in html and "https://" not in html
+
+
+def test_rerun_resumes_from_finished_stages(small_run):
+    cfg, out, _ = small_run
+    before = {p: p.stat().st_mtime_ns for p in [out / "encoders" / "mlp_relu.pt",
+                                                 out / "decomposition.npz"]}
+    res = runner.invoke(app, ["run", str(cfg), "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    for p, t in before.items():
+        assert p.stat().st_mtime_ns == t, f"{p.name} was recomputed"
+    m1 = json.loads((out / "metrics.json").read_text())
+    assert np.isfinite(m1["encoders"]["mlp_relu"]["median_r"])
+
+
+def test_report_command_rebuilds(small_run):
+    _, out, _ = small_run
+    (out / "report.html").unlink()
+    res = runner.invoke(app, ["report", str(out)])
+    assert res.exit_code == 0, res.output
+    assert (out / "report.html").exists()
+
+
+def test_report_command_on_unfinished_dir(tmp_path):
+    res = runner.invoke(app, ["report", str(tmp_path)])
+    assert res.exit_code == 2
+    assert "not a finished run" in res.output
+
+
+def test_changed_config_invalidates_stage(small_run, tmp_path):
+    from linbridge.rundir import RunDir, fingerprint
+
+    cfg, out, _ = small_run
+    c1 = load_config(cfg)
+    c2 = load_config(cfg)
+    c2.encoders.mlp_relu["hidden"] = 65
+    from dataclasses import asdict
+
+    assert fingerprint(asdict(c1.encoders)) != fingerprint(asdict(c2.encoders))
+
+
+def test_config_errors_are_clear(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("encoders:\n  mlp_relu: {hidden: 8}\n  typo_section: 1\n")
+    res = runner.invoke(app, ["run", str(bad), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "typo_section" in res.output
+    res = runner.invoke(app, ["run", str(tmp_path / "missing.yaml")])
+    assert res.exit_code == 2 and "not found" in res.output
+    with pytest.raises(ValueError, match="unknown top-level"):
+        config_from_dict({"encoder": {}})
+    res = runner.invoke(app, ["demo", "--dataset", "nope", "--out", str(tmp_path / "o2")])
+    assert res.exit_code == 2 and "unknown dataset" in res.output
+
+
+def test_dataset_defaults_apply_under_user_values():
+    cfg = config_from_dict({"dataset": {"name": "cowley2023-v4"}})
+    assert cfg.encoders.mlp_relu["lr"] == 1e-4 and cfg.encoders.mlp_relu["activation"] == "relu"
+    cfg = config_from_dict({"dataset": {"name": "cowley2023-v4"}, "encoders": {"mlp_relu": {"lr": 5e-4}}})
+    assert cfg.encoders.mlp_relu["lr"] == 5e-4
+
+
+def test_fetch_from_local_mirror(tmp_path):
+    from tests.conftest import SHARED_DATA
+
+    src = SHARED_DATA / "cowley2023_v4"
+    if not src.exists():
+        pytest.skip("../shared/data not present")
+    res = runner.invoke(app, ["fetch", "cowley2023-v4", "--data-home", str(tmp_path),
+                              "--base-url", str(src)])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "cowley2023_v4" / "responses_repeat_averaged" / "responses_201025.npy").exists()
