@@ -153,3 +153,27 @@ def test_other_weights_other_key(clip, tmp_path):
         other = C.load_clip_vision(d)
     assert other.fingerprint != clip.fingerprint
     assert C.clip_cache_key(other, "final_cls", ["a"]) != C.clip_cache_key(clip, "final_cls", ["a"])
+
+
+def test_full_clip_checkpoint_loads_vision_tower(tmp_path):
+    """Hub checkpoints hold text + vision (model_type "clip", projection width on top)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    cfg = CLIPConfig(
+        text_config=dict(hidden_size=16, intermediate_size=24, num_hidden_layers=1,
+                         num_attention_heads=2, vocab_size=99, max_position_embeddings=8,
+                         bos_token_id=0, eos_token_id=1, pad_token_id=1),
+        vision_config=dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                           num_attention_heads=4, image_size=32, patch_size=8),
+        projection_dim=12)
+    torch.manual_seed(0)
+    full = CLIPModel(cfg).eval()
+    full.save_pretrained(tmp_path / "full")
+    c = C.load_clip_vision(tmp_path / "full")  # no preprocessor config: CLIP defaults
+    assert (c.n_blocks, c.hidden_size, c.projection_dim, c.is_fixture) == (2, 32, 12, False)
+    im = np.random.default_rng(1).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    f = C.extract_clip_features(im, c, "image_embeds", progress=False)["image_embeds"]
+    with torch.no_grad():
+        want = full.get_image_features(pixel_values=C.clip_preprocess(c, im))
+    want = want if torch.is_tensor(want) else want.pooler_output
+    np.testing.assert_allclose(f, want.numpy(), atol=1e-5)

@@ -158,6 +158,14 @@ def test_volume_betas_divided_by_300(tmp_path):
         want = np.stack([vol[i, j, k, :] for i, j, k in ijk], axis=1) / SPEC_SCALE
         np.testing.assert_allclose(got, want, rtol=1e-6)
     assert got.dtype == np.float32
+    # NSD-style chunks of one voxel x all trials: read whole, same numbers
+    h5c = tmp_path / "c.hdf5"
+    with h5py.File(h5c, "w") as f:
+        f.create_dataset("betas", data=vol.transpose(3, 2, 1, 0), chunks=(5, 1, 1, 1))
+    r = nsd._VolumeReader(h5c, "hdf5", grid, ijk)
+    assert r.min_block == 5
+    np.testing.assert_array_equal(r.read(0, 5), got)
+    r.close()
 
 
 def test_reader_checks_grid(tmp_path):

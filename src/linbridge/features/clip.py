@@ -187,10 +187,19 @@ def load_clip_vision(name_or_path: str | os.PathLike = DEFAULT_CLIP_MODEL,
     """
     tf = _require_transformers()
     source, location = resolve_clip_model(name_or_path, data_home)
+    verbosity = tf.logging.get_verbosity()
     try:
+        tf.logging.set_verbosity_error()  # the text tower of a full checkpoint is "unexpected"
         with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
-            model = tf.CLIPVisionModelWithProjection.from_pretrained(location)
+            cfg = tf.AutoConfig.from_pretrained(location)
+            kw = {}
+            if getattr(cfg, "model_type", "") == "clip":
+                # a full CLIP checkpoint: the projection width lives on the top-level config
+                vcfg = cfg.vision_config
+                vcfg.projection_dim = cfg.projection_dim
+                kw["config"] = vcfg
+            model = tf.CLIPVisionModelWithProjection.from_pretrained(location, **kw)
     except OSError as err:
         tried = [str(Path(str(name_or_path)).expanduser())]
         if data_home is not None:
@@ -200,6 +209,8 @@ def load_clip_vision(name_or_path: str | os.PathLike = DEFAULT_CLIP_MODEL,
             f"the hub/cache: {err}). Without network, download it once elsewhere and copy it "
             f"to <data_home>/models/{name_or_path}, or pass a local directory"
         ) from err
+    finally:
+        tf.logging.set_verbosity(verbosity)
     model = model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
