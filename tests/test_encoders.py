@@ -72,3 +72,27 @@ def test_ridge_dual_path_equals_primal(rng):
         ref = RidgeCV(alphas=np.asarray(enc.alphas)).fit(X, Y)
     np.testing.assert_allclose(enc.coef_, ref.coef_, atol=1e-5)
     np.testing.assert_array_equal(enc.best_alphas_, ref.best_alphas_)
+
+
+def test_interrupted_training_resumes_to_the_same_result(small_synthetic, tmp_path):
+    from linbridge.encoders import train_mlp
+
+    ds = small_synthetic
+    (Xtr, Ytr), (Xv, Yv) = ds.part("train"), ds.part("val")
+    kw = dict(lr=3e-3, patience=50, seed=2, progress=False)
+
+    def fresh():
+        torch.manual_seed(0)
+        return build_mlp(ds.n_features, ds.n_units, hidden=16)
+
+    ref_model = fresh()
+    ref = train_mlp(ref_model, Xtr, Ytr, Xv, Yv, max_epochs=6, **kw)
+    ckpt = tmp_path / "enc.ckpt"
+    part = fresh()
+    train_mlp(part, Xtr, Ytr, Xv, Yv, max_epochs=3, checkpoint=ckpt, **kw)  # "interrupted"
+    assert ckpt.exists()
+    resumed_model = fresh()
+    res = train_mlp(resumed_model, Xtr, Ytr, Xv, Yv, max_epochs=6, checkpoint=ckpt, **kw)
+    assert res.best_epoch == ref.best_epoch and len(res.history) == len(ref.history)
+    for a, b in zip(ref_model.parameters(), resumed_model.parameters()):
+        torch.testing.assert_close(a, b)

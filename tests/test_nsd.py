@@ -523,3 +523,19 @@ def test_response_cache_hit_and_invalidation(root, cache, tmp_path, monkeypatch)
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the file "changed"
     _load(alt, own, subject=1, sessions=2)
     assert calls == [1]
+
+
+def test_other_voxel_selections(root, cache, ds):
+    rois = _load(root, cache, subject=1, voxel_selection="rois")
+    assert all(r for r in rois.meta["roi_names"])  # every unit is inside some ROI
+    grid = ds.meta["grid_shape"]
+    mask = np.zeros(grid, bool)
+    for i, j, k in ds.meta["ijk"][:5]:
+        mask[i, j, k] = True
+    few = _load(root, cache, subject=1, voxel_selection=mask)
+    np.testing.assert_array_equal(few.unit_ids, ds.unit_ids[:5])
+    np.testing.assert_allclose(_unscale(few, few.Y), _unscale(ds, ds.Y)[:, :5], atol=1e-6)
+    surf = _load(root, cache, subject=1, space="fsaverage", voxel_selection=np.arange(160) % 7 == 0)
+    assert surf.n_units == len(range(0, 160, 7))
+    with pytest.raises(ValueError, match="voxel_selection"):
+        _load(root, cache, subject=1, voxel_selection="V1")

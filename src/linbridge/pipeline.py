@@ -86,15 +86,23 @@ def fit_encoders(cfg: RunConfig, ds: Dataset, rd: RunDir, data_key: str, progres
                 enc.best_val_loss_ = info["best_val_loss"]
             else:
                 _stage(f"training {name} ({params.get('activation')})", progress)
-                enc.fit(Xtr, Ytr, Xv, Yv)
-                buf = _torch_bytes(enc.module_.state_dict())
-                save_bytes(path, buf)
+                ckpt = rd.path("encoders", f"{name}.checkpoint.pt")
+                if ckpt.exists() and not done and load_json_or_none(info_path.with_suffix(".key")) != key:
+                    ckpt.unlink()  # a checkpoint of another configuration
+                save_json(info_path.with_suffix(".key"), key)
+                enc.fit(Xtr, Ytr, Xv, Yv, checkpoint=ckpt)
+                save_bytes(path, _torch_bytes(enc.module_.state_dict()))
+                ckpt.unlink(missing_ok=True)
                 save_json(info_path, {"best_epoch": enc.best_epoch_, "history": enc.history_,
                                       "best_val_loss": enc.best_val_loss_,
                                       "params": {**params, "progress": None}})
         encs[name] = enc
     rd.mark_done("encoders", key)
     return encs, key
+
+
+def load_json_or_none(path: Path):
+    return load_json(path) if path.exists() else None
 
 
 def _torch_bytes(obj) -> bytes:
@@ -122,7 +130,11 @@ def decompose(cfg: RunConfig, ds: Dataset, encs: dict[str, Any], rd: RunDir, enc
     comps: dict[str, np.ndarray] = {"mean_jacobian": mean_jacobian(source, progress)}
 
     lp = {"seed": cfg.seed, **cfg.bridge.learner}
-    learner = LinBridge(progress=progress, checkpoint_path=rd.path("learner_checkpoint.pt"), **lp)
+    ckpt, ckpt_key = rd.path("learner_checkpoint.pt"), rd.path("learner_checkpoint.key")
+    if ckpt.exists() and load_json_or_none(ckpt_key) != key:
+        ckpt.unlink()  # a checkpoint of another configuration
+    save_json(ckpt_key, key)
+    learner = LinBridge(progress=progress, checkpoint_path=ckpt, **lp)
     _stage("learning the LinBridge split", progress)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -158,6 +170,7 @@ def decompose(cfg: RunConfig, ds: Dataset, encs: dict[str, Any], rd: RunDir, enc
     save_npz(stats_path, **stats)
     save_json(rd.path("learner.json"), learner_info)
     rd.mark_done("decomposition", key)
+    ckpt.unlink(missing_ok=True)
     comps["sample_weights"] = learner.sample_weights_
     return {"components": comps, "stats": stats, "learner": learner_info}
 
@@ -306,6 +319,13 @@ def run(cfg: RunConfig, out: Path, progress: bool = True) -> dict[str, Any]:
     save_npz(rd.path("test_samples.npz"), index=ds.split.test,
              jne_ss=jne_ss(dec["stats"]["l1_mean"]).astype(np.float32),
              sample_weights=np.asarray(dec["components"]["sample_weights"]))
+    # -- analyses (ROI tiers, orderings, stimulus clusters) ---------------------------
+    t = _stage("analyses (tiers, AFD robustness, stimulus clusters)", progress)
+    from .analysis import analyze_run
+
+    analyze_run(ds, dec, units, rd, cfg)
+    times["analysis"] = time.perf_counter() - t
+    # -- end analyses -----------------------------------------------------------------
     t = _stage("report (figures, report.html)", progress)
     from .report import build_report
 

@@ -1,5 +1,6 @@
 """Analyses over units and stimuli: tiers, orderings, clusters."""
 from .ordering import tsne_order
+from .run import analyze_run
 from .tiers import label_order, tier_medians
 
-__all__ = ["tsne_order", "label_order", "tier_medians"]
+__all__ = ["analyze_run", "tsne_order", "label_order", "tier_medians"]

@@ -874,8 +874,8 @@ def load_nsd(data_home: str | os.PathLike | None = None, subject: int = 1,
             n_vertices[hemi] = _mgh_shape(p)[0]
         n_all = sum(n_vertices.values())
         roi_full = {}
-        for a in dict.fromkeys(atlases + (["nsdgeneral"] if voxel_selection == "nsdgeneral"
-                                          else [])):
+        by_ng = isinstance(voxel_selection, str) and voxel_selection == "nsdgeneral"
+        for a in dict.fromkeys(atlases + (["nsdgeneral"] if by_ng else [])):
             lab, names, used = load_roi_surface(paths, a, n_vertices)
             roi_full[a] = (lab, names)
             files[f"label:{a}"] = ";".join(used)

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -70,13 +72,14 @@ def train_mlp(model: nn.Module, X_train: np.ndarray, Y_train: np.ndarray,
               X_val: np.ndarray, Y_val: np.ndarray, *, lr: float = 1e-3,
               weight_decay: float = 1e-2, batch_size: int = 128, max_epochs: int = 200,
               patience: int = 8, seed: int = 0, progress: bool = True,
-              checkpoint=None) -> TrainResult:
+              checkpoint: str | os.PathLike | None = None) -> TrainResult:
     """AdamW on MSE with early stopping on validation MSE; the best weights are kept.
 
     The model is left holding a deep copy of the weights of its best epoch (epochs
     count from 1; best_epoch 0 would mean no epoch improved on the initial weights).
-    ``checkpoint(epoch, state)`` is called after every epoch, so a long run can
-    save and later resume from the returned state.
+    With ``checkpoint`` (a file path) the full training state is written atomically after
+    every epoch and training resumes from it if the file exists; the result is the same
+    as an uninterrupted run.
     """
     from tqdm.auto import tqdm
 
@@ -91,13 +94,24 @@ def train_mlp(model: nn.Module, X_train: np.ndarray, Y_train: np.ndarray,
         with torch.no_grad():
             return float(loss_fn(model(Xv), Yv))
 
-    best_loss, best_epoch = val_loss(), 0
-    best_state = copy.deepcopy(model.state_dict())
-    history: list[dict] = [{"epoch": 0, "train_loss": math.nan, "val_loss": best_loss}]
-    bar = tqdm(range(1, max_epochs + 1), desc="train encoder", disable=None if progress else True,
-               leave=False)
-    stale = 0
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    if ckpt is not None and ckpt.exists():
+        st = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        gen.set_state(st["gen"])
+        best_loss, best_epoch, best_state = st["best_loss"], st["best_epoch"], st["best_state"]
+        history, stale, first = st["history"], st["stale"], st["epoch"] + 1
+    else:
+        best_loss, best_epoch = val_loss(), 0
+        best_state = copy.deepcopy(model.state_dict())
+        history = [{"epoch": 0, "train_loss": math.nan, "val_loss": best_loss}]
+        stale, first = 0, 1
+    bar = tqdm(range(first, max_epochs + 1), desc="train encoder",
+               disable=None if progress else True, leave=False)
     for epoch in bar:
+        if stale >= patience:
+            break
         model.train()
         perm = torch.randperm(len(Xt), generator=gen)
         total = 0.0
@@ -116,11 +130,18 @@ def train_mlp(model: nn.Module, X_train: np.ndarray, Y_train: np.ndarray,
         else:
             stale += 1
         bar.set_postfix(val=f"{vl:.4f}", best=best_epoch)
-        if checkpoint is not None:
-            checkpoint(epoch, {"model": model.state_dict(), "opt": opt.state_dict()})
-        if stale >= patience:
-            break
+        if ckpt is not None:
+            _save_atomic(ckpt, {"model": model.state_dict(), "opt": opt.state_dict(),
+                                "gen": gen.get_state(), "best_loss": best_loss,
+                                "best_epoch": best_epoch, "best_state": best_state,
+                                "history": history, "stale": stale, "epoch": epoch})
     model.load_state_dict(best_state)
     model.eval()
     return TrainResult(best_epoch=best_epoch, best_val_loss=best_loss, history=history,
                        stopped_early=stale >= patience)
+
+
+def _save_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
