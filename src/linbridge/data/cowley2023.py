@@ -189,14 +189,16 @@ def _check_sha256(root: Path, path: Path, digest: str) -> None:
 
 
 def load_cowley2023_v4(data_home: str | os.PathLike | None = None, session: str = "201025",
-                       seed: int = 201025, n_test: int = 200, n_val: int = 150,
+                       seed: int = 201025, n_test: int | None = None, n_val: int | None = None,
                        cache_dir: str | os.PathLike | None = None, batch_size: int = 64,
                        progress: bool = True, verify: bool = True) -> Dataset:
     """One V4 session as a Dataset of EfficientNet-Lite0 features -> neuron responses.
 
     data_home : folder containing ``cowley2023_v4/`` (or that folder); else ``$LINBRIDGE_DATA``.
     session : recording session id (``available_sessions(data_home)`` lists them).
-    seed, n_test, n_val : seeded random split; train is the rest (1200 images: 850/150/200).
+    seed, n_test, n_val : seeded random split; train is the rest. Defaults scale with the
+        session: n_test = min(200, n // 6), n_val = min(150, n // 8) (1200 images:
+        850/150/200; the 400-image session 210305: 284/50/66).
     cache_dir : feature cache (else ``$LINBRIDGE_CACHE``, else ``~/.cache/linbridge``); never
         inside the data folder, which may be read-only.
     batch_size, progress : for the feature extraction (only on a cache miss).
@@ -229,6 +231,8 @@ def load_cowley2023_v4(data_home: str | os.PathLike | None = None, session: str 
                          f"but {resp_path.name} has {y_raw.shape[0]} image columns")
     n, n_neurons = y_raw.shape
 
+    n_test = min(200, n // 6) if n_test is None else n_test
+    n_val = min(150, n // 8) if n_val is None else n_val
     split = seeded_split(n, seed, n_test, n_val)
     sample_ids = np.array([f"{session}_img{k:04d}" for k in range(1, n + 1)])
     unit_ids = np.array([f"{session}_n{v:03d}" for v in range(n_neurons)])
