@@ -3,27 +3,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-
-def _atomic(path: Path, write) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+from .files import atomic_write, sha256_file  # noqa: F401  (re-exported)
 
 
 def _default(o: Any):
@@ -38,7 +23,7 @@ def _default(o: Any):
 
 def save_json(path: Path, obj: Any) -> Path:
     data = json.dumps(obj, indent=2, default=_default, allow_nan=True).encode()
-    return _atomic(path, lambda fh: fh.write(data))
+    return atomic_write(path, lambda fh: fh.write(data))
 
 
 def load_json(path: Path) -> Any:
@@ -46,7 +31,7 @@ def load_json(path: Path) -> Any:
 
 
 def save_npz(path: Path, **arrays: np.ndarray) -> Path:
-    return _atomic(path, lambda fh: np.savez(fh, **arrays))
+    return atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -55,21 +40,13 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 def save_bytes(path: Path, data: bytes) -> Path:
-    return _atomic(path, lambda fh: fh.write(data))
+    return atomic_write(path, lambda fh: fh.write(data))
 
 
 def fingerprint(*parts: Any) -> str:
     """A stable hash of JSON-serialisable inputs (config sections, upstream hashes)."""
     blob = json.dumps(parts, sort_keys=True, default=_default).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def file_sha256(path: Path, chunk: int = 2 ** 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class RunDir:

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from ..files import atomic_write
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -131,17 +132,12 @@ def train_mlp(model: nn.Module, X_train: np.ndarray, Y_train: np.ndarray,
             stale += 1
         bar.set_postfix(val=f"{vl:.4f}", best=best_epoch)
         if ckpt is not None:
-            _save_atomic(ckpt, {"model": model.state_dict(), "opt": opt.state_dict(),
-                                "gen": gen.get_state(), "best_loss": best_loss,
-                                "best_epoch": best_epoch, "best_state": best_state,
-                                "history": history, "stale": stale, "epoch": epoch})
+            state = {"model": model.state_dict(), "opt": opt.state_dict(),
+                     "gen": gen.get_state(), "best_loss": best_loss, "best_epoch": best_epoch,
+                     "best_state": best_state, "history": history, "stale": stale,
+                     "epoch": epoch}
+            atomic_write(ckpt, lambda fh: torch.save(state, fh))
     model.load_state_dict(best_state)
     model.eval()
     return TrainResult(best_epoch=best_epoch, best_val_loss=best_loss, history=history,
                        stopped_early=stale >= patience)
-
-
-def _save_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)

@@ -16,13 +16,14 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
+
+from ..files import atomic_write, sha256_file  # noqa: F401  (sha256_file re-exported)
 
 CACHE_ENV = "LINBRIDGE_CACHE"
 #: bump when the file layout changes so old entries are ignored, not misread
@@ -57,14 +58,6 @@ def hash_strings(items) -> str:
     return h.hexdigest()
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def cache_paths(key_dict: Mapping[str, Any], cache_dir: str | os.PathLike | None = None,
                 name: str = "features") -> tuple[Path, Path]:
     """(npy path, json sidecar path) of the entry for ``key_dict``."""
@@ -72,24 +65,6 @@ def cache_paths(key_dict: Mapping[str, Any], cache_dir: str | os.PathLike | None
     stem = f"{safe}-{key_hash(key_dict)[:24]}"
     folder = default_cache_dir(cache_dir) / "features"
     return folder / f"{stem}.npy", folder / f"{stem}.json"
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Write via ``write(fileobj)`` to a temp file beside ``path``, then ``os.replace`` it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a cache may be shared between users
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def _read_entry(npy: Path, sidecar: Path, key: dict) -> np.ndarray | None:
@@ -150,8 +125,8 @@ def cached_features(key_dict: Mapping[str, Any], compute_fn: Callable[[], np.nda
     try:
         npy.parent.mkdir(parents=True, exist_ok=True)
         # array first, sidecar last: a sidecar means a complete entry
-        _atomic_write(npy, lambda f: np.save(f, arr, allow_pickle=False))
-        _atomic_write(sidecar, lambda f: f.write(json.dumps(meta, indent=1, sort_keys=True)
+        atomic_write(npy, lambda f: np.save(f, arr, allow_pickle=False))
+        atomic_write(sidecar, lambda f: f.write(json.dumps(meta, indent=1, sort_keys=True)
                                                  .encode()))
     except OSError as err:
         warnings.warn(f"could not write the feature cache at {npy.parent} ({err}); "
