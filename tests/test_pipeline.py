@@ -144,3 +144,33 @@ def test_fetch_from_local_mirror(tmp_path):
                               "--base-url", str(src)])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "cowley2023_v4" / "responses_repeat_averaged" / "responses_201025.npy").exists()
+
+
+def test_nsd_fixture_and_paper_config_run(tmp_path):
+    """`linbridge nsd-fixture DIR && linbridge run configs/nsd_paper.yaml --data-home DIR`."""
+    pytest.importorskip("transformers")
+    from tests.conftest import REPO
+
+    fx = tmp_path / "nsd"
+    res = runner.invoke(app, ["nsd-fixture", str(fx), "--subjects", "1"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["run", str(REPO / "configs" / "nsd_paper.yaml"), "--data-home", str(fx),
+                              "--out", str(out), "--quiet",
+                              "--set", "bridge.learner.n_epochs=2", "--set", "metrics.n_boot=20"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    m = json.loads((out / "metrics.json").read_text())
+    assert {"PVC", "IVC", "HVC"} <= set(m["tiers"]["nonlinearity"])
+    labels = (out / "units.csv").read_text().splitlines()[1:]
+    assert any(",PVC," in ln for ln in labels)
+
+
+def test_set_override_parses_yaml_values(tmp_path):
+    from linbridge.config import load_config
+
+    p = tmp_path / "c.yaml"
+    p.write_text("dataset: {name: synthetic}\n")
+    cfg = load_config(p, overrides=["dataset.params.n_test=50", "bridge.learner.scorer=mean"])
+    assert cfg.dataset.params["n_test"] == 50 and cfg.bridge.learner["scorer"] == "mean"
+    with pytest.raises(ValueError, match="key.path=value"):
+        load_config(p, overrides=["oops"])

@@ -69,12 +69,14 @@ def demo(dataset: str = typer.Option("synthetic", help="synthetic | cowley2023-v
 def run_config(config: Path = typer.Argument(..., help="YAML configuration"),
                out: Path = typer.Option(Path("runs/run"), help="run directory"),
                data_home: Optional[Path] = typer.Option(None, envvar="LINBRIDGE_DATA"),
+               set_: list[str] = typer.Option([], "--set", help="override, e.g. "
+                                              "--set dataset.params.subject=2 (value is YAML)"),
                quiet: bool = typer.Option(False)) -> None:
     """Run the job described by a YAML configuration."""
     from .config import load_config
 
     try:
-        cfg = load_config(config)
+        cfg = load_config(config, overrides=set_)
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     if data_home:
@@ -108,6 +110,11 @@ def fetch(dataset: str = typer.Argument(..., help="cowley2023-v4"),
     except (ValueError, OSError) as e:
         _fail(str(e))
     typer.echo(f"{len(paths)} files verified under {dest}")
+
+
+from .data.nsd_fixture import nsd_fixture_command  # noqa: E402
+
+app.command("nsd-fixture")(nsd_fixture_command)
 
 
 def main() -> None:  # pragma: no cover

@@ -107,7 +107,24 @@ def config_from_dict(d: dict[str, Any], where: str = "config") -> RunConfig:
     return RunConfig(**kwargs)
 
 
-def load_config(path: Path) -> RunConfig:
+def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a config mapping."""
+    d = copy.deepcopy(d)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key.path=value")
+        path, raw = item.split("=", 1)
+        keys = path.strip().split(".")
+        node = d
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: '{k}' is not a section")
+        node[keys[-1]] = yaml.safe_load(raw)
+    return d
+
+
+def load_config(path: Path, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML config; relative data_home/cache_dir resolve against the file's folder."""
     path = Path(path)
     if not path.exists():
@@ -118,6 +135,7 @@ def load_config(path: Path) -> RunConfig:
         raise ValueError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(d, dict):
         raise ValueError(f"{path}: top level must be a mapping")
+    d = apply_overrides(d, overrides or [])
     for k in ("data_home", "cache_dir"):
         if d.get(k) and not Path(d[k]).is_absolute():
             d[k] = str((path.parent / d[k]).resolve())
