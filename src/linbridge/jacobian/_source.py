@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..data.preprocessing import check_finite
-from ._analytic import analytic_jacobian, forward_record, parse_mlp
+from ._analytic import MLPPlan, parse_mlp
 from ._autodiff import autodiff_jacobian
 from ._checks import check_eval_mode
 
@@ -75,10 +75,10 @@ class JacobianSource:
         itemsize = torch.empty((), dtype=self.dtype).element_size()
         return itemsize * self.n_features * 3  # block + float64 copies in reductions
 
-    def chunk_sizes(self, sample_chunk: int | None = None, unit_chunk: int | None = None
-                    ) -> tuple[int, int]:
-        """Chunk sizes whose blocks fit the memory budget."""
-        budget = self.memory_budget_mb * 2 ** 20
+    def chunk_sizes(self, sample_chunk: int | None = None, unit_chunk: int | None = None,
+                    budget_mb: float | None = None) -> tuple[int, int]:
+        """Chunk sizes whose blocks fit the memory budget (or ``budget_mb`` when given)."""
+        budget = (self.memory_budget_mb if budget_mb is None else budget_mb) * 2 ** 20
         pairs = max(1, int(budget // self._bytes_per_entry()))
         if unit_chunk is None:
             unit_chunk = min(self.n_units, max(1, pairs // max(1, min(self.n_samples, 32))))
@@ -113,14 +113,15 @@ class ModelJacobianSource(JacobianSource):
     """Jacobians of a trained torch model: analytic for the MLP family, torch.func otherwise.
 
     method: 'auto' (analytic when the model is a supported MLP), 'analytic', 'jacfwd',
-    'jacrev' or 'autodiff' (torch.func, mode chosen per chunk).
+    'jacrev' or 'autodiff' (torch.func, mode chosen per chunk). The model is never
+    modified: the analytic path keeps its own views of the weights, the torch.func path
+    a converted copy when dtype or device differ.
     """
 
     def __init__(self, model: nn.Module, X, method: str = "auto", memory_budget_mb: float = 1024.0,
                  dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
         super().__init__(X, memory_budget_mb, dtype, device)
         check_eval_mode(model)
-        self.model = model.to(device=self.device, dtype=dtype)
         self.steps = parse_mlp(model)
         if method == "auto":
             method = "analytic" if self.steps is not None else "autodiff"
@@ -129,9 +130,19 @@ class ModelJacobianSource(JacobianSource):
         if method not in ("analytic", "jacfwd", "jacrev", "autodiff"):
             raise ValueError(f"unknown Jacobian method {method!r}")
         self.method = method
-        with torch.no_grad():
-            self._outputs = self.model(self.X)
-        self.n_units = int(self._outputs.shape[1])
+        self.plan: MLPPlan | None = None
+        if method == "analytic":
+            self.plan = MLPPlan(self.steps, dtype, self.device)
+            if self.plan.n_features != self.n_features:
+                raise ValueError(f"the model takes {self.plan.n_features} features but X has "
+                                 f"{self.n_features}")
+            self.model = model
+            self.n_units = int(self.plan.n_units)
+        else:
+            self.model = _converted(model, dtype, self.device)
+            with torch.no_grad():
+                self.n_units = int(self.model(self.X[:1]).shape[1])
+        self._outputs: torch.Tensor | None = None
 
     def _bytes_per_entry(self) -> int:
         itemsize = torch.empty((), dtype=self.dtype).element_size()
@@ -140,18 +151,44 @@ class ModelJacobianSource(JacobianSource):
             width = max([width] + [st.linear.out_features for st in self.steps if st.linear is not None])
         return itemsize * (2 * width + 2 * self.n_features)
 
+    def engine_chunks(self, result_bytes: int, n_refs: int, n_tangents: int,
+                      sample_chunk: int | None = None, unit_chunk: int | None = None):
+        """Chunk sizes of the structured reductions (MLP sources only)."""
+        from ._engine import plan_chunks
+
+        return plan_chunks(self.plan, self.n_samples, self.memory_budget_mb, result_bytes,
+                           n_refs, n_tangents, sample_chunk, unit_chunk)
+
     @torch.no_grad()
     def block(self, samples: Index, units: Index = slice(None)) -> torch.Tensor:
         x = self.X[_as_index(samples)]
         u = _as_index(units)
+        if isinstance(u, torch.Tensor):
+            u = u.to(self.device)
         if self.method == "analytic":
-            return analytic_jacobian(self.steps, x, u)
+            return self.plan.jacobian(x, u)
         mode = "auto" if self.method == "autodiff" else self.method
         with torch.enable_grad():
             return autodiff_jacobian(self.model, x, u, mode).detach()
 
+    @torch.no_grad()
     def outputs(self) -> torch.Tensor:
+        """f(X), (n_samples, n_units); computed in sample chunks on first use and cached."""
+        if self._outputs is None:
+            f = self.plan.outputs if self.plan is not None else self.model
+            n = max(1, int(64 * 2 ** 20 // (4 * max(self.n_units, 1))))
+            self._outputs = torch.cat([f(self.X[s:s + n]) for s in range(0, self.n_samples, n)])
         return self._outputs
+
+
+def _converted(model: nn.Module, dtype: torch.dtype, device: torch.device) -> nn.Module:
+    """The model itself when it already has this dtype and device, else a converted copy."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    if all(t.device == device and (t.dtype == dtype or not t.is_floating_point()) for t in tensors):
+        return model
+    import copy
+
+    return copy.deepcopy(model).to(device=device, dtype=dtype)
 
 
 class LinearJacobianSource(JacobianSource):
