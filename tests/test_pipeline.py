@@ -163,6 +163,9 @@ def test_nsd_fixture_and_paper_config_run(tmp_path):
     assert {"PVC", "IVC", "HVC"} <= set(m["tiers"]["nonlinearity"])
     labels = (out / "units.csv").read_text().splitlines()[1:]
     assert any(",PVC," in ln for ln in labels)
+    an = json.loads((out / "analysis.json").read_text())
+    assert an["tier_order"] == ["PVC", "IVC", "HVC"]
+    assert "noise_ceiling" in an["tier_tests"]["stratified"]
 
 
 def test_set_override_parses_yaml_values(tmp_path):

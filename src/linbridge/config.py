@@ -55,12 +55,22 @@ class MetricsConfig:
 
 
 @dataclass
+class AnalysisConfig:
+    tier_map: dict[str, list[str]] | None = None  # tier -> labels; None: the dataset's tiers
+    n_boot: int = 1000          # bootstrap resamples for effect-size confidence intervals
+    n_strata: int | None = None  # strata of noise ceiling / test R^2 (None: chosen from n_units)
+    afd_n_random: int = 100     # random orderings for AFD's null
+    n_threads: int = 1          # BLAS threads for t-SNE / k-means (1 is fastest on small data)
+
+
+@dataclass
 class RunConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     encoders: EncodersConfig = field(default_factory=EncodersConfig)
     jacobian: JacobianConfig = field(default_factory=JacobianConfig)
     bridge: BridgeConfig = field(default_factory=BridgeConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     seed: int = 0
     data_home: str | None = None
     cache_dir: str | None = None
@@ -70,7 +80,7 @@ class RunConfig:
 
 
 _SECTIONS = {"dataset": DatasetConfig, "encoders": EncodersConfig, "jacobian": JacobianConfig,
-             "bridge": BridgeConfig, "metrics": MetricsConfig}
+             "bridge": BridgeConfig, "metrics": MetricsConfig, "analysis": AnalysisConfig}
 
 
 def _merge(base: dict, over: dict) -> dict:
