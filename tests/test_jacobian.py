@@ -12,8 +12,8 @@ from linbridge.encoders import build_mlp
 from linbridge.jacobian import (ArrayJacobianSource, DeviationStats, LinearJacobianSource,
                                 ModelJacobianSource, analytic_jacobian, as_source,
                                 autodiff_jacobian, check_eval_mode, deviation_statistics,
-                                forward_record, median_jacobian, parse_mlp,
-                                weighted_mean_jacobian)
+                                forward_record, jacobian_sketch, median_jacobian,
+                                parse_mlp, weighted_mean_jacobian)
 from linbridge.metrics import jne, jne_ss, nonlinear_fraction
 
 F64 = torch.float64
@@ -322,6 +322,22 @@ def test_median_and_materialize():
     np.testing.assert_array_equal(mat.J.numpy(), J)
     assert src.n_blocks() > 1 and mat.shape == (12, 9, 6)
     np.testing.assert_allclose(src.outputs().numpy(), m(X).detach().numpy(), rtol=1e-14)
+
+
+@pytest.mark.parametrize("cfg", [dict(act="relu"), dict(act="leaky_relu", bias=True),
+                                 dict(act="gelu", depth=2, residual=1)])
+def test_jacobian_sketch(cfg):
+    m = _model(V=21, **cfg)
+    X = torch.randn(11, 6, dtype=F64)
+    src = ModelJacobianSource(m, X, dtype=F64)
+    J = src.block(slice(None)).numpy()
+    rng = np.random.default_rng(0)
+    L, R = rng.standard_normal((21, 4)), rng.standard_normal((6, 3))
+    expect = np.einsum("ua,nud,db->nab", L, J, R)
+    np.testing.assert_allclose(jacobian_sketch(src, L, R, sample_chunk=4), expect, rtol=1e-10,
+                               atol=1e-12)
+    np.testing.assert_allclose(jacobian_sketch(ArrayJacobianSource(J, X, memory_budget_mb=1e-3),
+                                               L, R), expect, rtol=1e-10, atol=1e-12)
 
 
 def test_budget_too_small_for_results_warns():

@@ -248,6 +248,40 @@ def _block_statistics(source: JacobianSource, refs: dict, P, want: set, out: dic
         out["outputs"][:] = source.outputs().to(f64).cpu().numpy()
 
 
+def jacobian_sketch(source: JacobianSource, left: np.ndarray, right: np.ndarray,
+                    progress: bool = False, **chunks) -> np.ndarray:
+    """left^T J_k right for every sample, (n_samples, a, b) float64 (a random sketch of J_k
+    when left (n_units, a) and right (n_features, b) are random).
+
+    For MLP sources this is (left^T W_L)[:, S_k] (A_k[S_k] right): O(N H (D b + a b)), no
+    per-sample (V x D) product at all.
+    """
+    _check_chunks(chunks)
+    N, V, D = source.shape
+    f64 = torch.float64
+    Lm = torch.as_tensor(np.asarray(left), dtype=f64, device=source.device)
+    Rm = torch.as_tensor(np.asarray(right), dtype=f64, device=source.device)
+    if Lm.ndim != 2 or Lm.shape[0] != V or Rm.ndim != 2 or Rm.shape[0] != D:
+        raise ValueError(f"left must be ({V}, a) and right ({D}, b); got {tuple(Lm.shape)} and "
+                         f"{tuple(Rm.shape)}")
+    out = torch.zeros(N, Lm.shape[1], Rm.shape[1], dtype=f64, device=source.device)
+    if isinstance(source, ModelJacobianSource) and source.plan is not None:
+        plan = source.plan
+        LW = Lm.T @ plan.WL.to(f64)  # (a, H)
+        ep = source.engine_chunks(0, 0, 0, **chunks)
+        for s0 in tqdm(range(0, N, ep.sample_chunk), desc="Jacobian sketch", leave=False,
+                       disable=None if progress else True):
+            _, derivs = plan.forward(source.X[s0:s0 + ep.sample_chunk])
+            for k in range(min(ep.sample_chunk, N - s0)):
+                rep = plan.front_rep(derivs, k)
+                Lk = LW if rep.idx is None else LW.index_select(1, rep.idx)
+                out[s0 + k] = rep.alpha * (Lk @ (rep.rows.to(f64) @ Rm))
+        return out.cpu().numpy()
+    for ss, us, blk in _bar(source, "Jacobian sketch", progress, **chunks):
+        out[ss] += torch.einsum("ua,nud,db->nab", Lm[us], blk.to(f64), Rm)
+    return out.cpu().numpy()
+
+
 def median_jacobian(source: JacobianSource, progress: bool = False) -> np.ndarray:
     """Element-wise median over samples (the mean of the middle two for even N), (V, D).
 
