@@ -73,16 +73,21 @@ def plan_chunks(plan: MLPPlan, n_samples: int, budget_mb: float, result_bytes: i
              + 1024 * (it * H + 24 * D))  # transients while building the bases
     budget = budget_mb * MB
     left = budget - result_bytes
+    if left < 0.25 * budget:  # the results eat the budget: keep a sane working set anyway
+        warnings.warn(
+            f"memory_budget_mb={budget_mb:g} is too small for these results: the per-(sample, unit) "
+            f"arrays take {result_bytes / MB:.1f} MB; working memory is held to a quarter of the "
+            f"budget, so the peak exceeds it. Raise memory_budget_mb or ask for fewer stats.",
+            ResourceWarning, stacklevel=4)
+        left = 0.25 * budget
+    if left < fixed + n * per_sample + per_unit and sample_chunk is None:
+        n = max(1, min(n, int((left - fixed - per_unit) // max(per_sample, 1))))
     if left < fixed + n * per_sample + per_unit:
-        if sample_chunk is None:
-            n = max(1, min(n, int((left - fixed - per_unit) // max(per_sample, 1))))
-        if left < fixed + n * per_sample + per_unit:
-            warnings.warn(
-                f"memory_budget_mb={budget_mb:g} is too small: the per-(sample, unit) results "
-                f"alone take {result_bytes / MB:.1f} MB and the minimal working set "
-                f"{(fixed + n * per_sample + per_unit) / MB:.1f} MB; using the minimal chunks",
-                ResourceWarning, stacklevel=4)
-            left = fixed + n * per_sample + per_unit
+        warnings.warn(
+            f"memory_budget_mb={budget_mb:g} is too small for the minimal working set "
+            f"({(fixed + n * per_sample + per_unit) / MB:.1f} MB); using the smallest chunks",
+            ResourceWarning, stacklevel=4)
+        left = fixed + n * per_sample + per_unit
     if unit_chunk is None:
         U = int((left - fixed - n * per_sample) // per_unit)
         U = max(1, min(V, U))
