@@ -21,7 +21,8 @@ def elementwise_median(source: JacobianSource, progress: bool = False) -> np.nda
 def least_squares_distillation(X, outputs) -> np.ndarray:
     """W* = argmin_W sum_k ||f(x_k) - W x_k||^2 (no intercept), (n_units, n_features)."""
     X = np.asarray(X, dtype=np.float64)
-    F = np.asarray(outputs.cpu() if isinstance(outputs, torch.Tensor) else outputs, dtype=np.float64)
+    F = outputs.cpu() if isinstance(outputs, torch.Tensor) else outputs
+    F = np.asarray(F, dtype=np.float64)
     if X.shape[0] != F.shape[0]:
         raise ValueError(f"X has {X.shape[0]} samples but outputs have {F.shape[0]}")
     W, *_ = np.linalg.lstsq(X, F, rcond=None)
