@@ -117,6 +117,42 @@ from .data.nsd_fixture import nsd_fixture_command  # noqa: E402
 app.command("nsd-fixture")(nsd_fixture_command)
 
 
+@app.command()
+def validate(out: Path = typer.Option(Path("runs/validate"), help="where validation.json and "
+                                      "validation.md go"),
+             quick: bool = typer.Option(False, help="small sizes and few repetitions "
+                                        "(for tests; the thresholds are the full suite's)"),
+             seed: int = typer.Option(0, help="seed of data, encoders, learner and simulations"),
+             threads: Optional[int] = typer.Option(None, help="torch CPU threads "
+                                                   "(default: torch's choice)"),
+             quiet: bool = typer.Option(False, help="no progress output")) -> None:
+    """Known-answer suite (planted functions, JNE simulations, Gabor cells, collapse).
+
+    Writes OUT/validation.json (one entry per check: value, threshold, passed) and
+    OUT/validation.md (the table); exits with code 1 when a judged check fails.
+    """
+    import time as _time
+
+    import torch as _torch
+
+    from .validation import run_suite
+    from .validation._core import Check, table
+
+    if threads:
+        _torch.set_num_threads(threads)
+    t0 = _time.perf_counter()
+    say = None if quiet else (lambda s: typer.echo(
+        f"[validate {_time.perf_counter() - t0:6.0f} s] {s}", err=True))
+    doc = run_suite(out, quick=quick, seed=seed, progress=not quiet, log=say)
+    checks = [Check(id=k, **{f: v for f, v in c.items() if f != "passed"}, passed=c["passed"])
+              for k, c in doc["checks"].items()]
+    typer.echo(table(checks))
+    typer.echo(f"{doc['n_checks'] - doc['n_failed']} of {doc['n_checks']} judged checks passed "
+               f"in {doc['meta']['wall_seconds']:.0f} s; {Path(out) / 'validation.json'}")
+    if doc["n_failed"]:
+        raise typer.Exit(code=1)
+
+
 def main() -> None:  # pragma: no cover
     app(prog_name="linbridge")
 
