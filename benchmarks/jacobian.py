@@ -273,6 +273,10 @@ def main(argv=None) -> dict:
             f"b {times['b'][-1]:.2f}s ({nb} samples)  c {times['c'][-1]:.2f}s ({nc} samples"
             f"{mean_note})  d {times['d'][-1]:.2f}s ({nd} samples)")
 
+    def engine_full(r: int) -> float:
+        """The engine's full-problem time in round r (mean pass + extrapolated deviations)."""
+        return times["c"][r] if nc == N else times["c_mean"][r] + times["c"][r] * N / nc
+
     best = {k: min(v) for k, v in times.items() if v}
     full = {"a": best["a"] * V / len(a_units), "b": best["b"] * N / nb,
             "c": best["c"] if nc == N else best["c_mean"] + best["c"] * N / nc,
@@ -306,6 +310,10 @@ def main(argv=None) -> dict:
         "engine_over_gemm": full["d"] / full["c"],
         "speedup_vs_torchfunc": full["b"] / full["c"],
         "speedup_vs_unit_loop": full["a"] / full["c"],
+        "per_round": [{"engine_over_gemm": (times["d"][r] * N / nd) / engine_full(r),
+                       "speedup_vs_torchfunc": (times["b"][r] * N / nb) / engine_full(r),
+                       "speedup_vs_unit_loop": (times["a"][r] * V / len(a_units))
+                       / engine_full(r)} for r in range(rounds)],
         "max_abs_diff": diffs,
         "load_average": {"start": load0, "end": os.getloadavg()},
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),

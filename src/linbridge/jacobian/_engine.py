@@ -133,8 +133,9 @@ def mean_jacobian(plan: MLPPlan, X: torch.Tensor, w: torch.Tensor, sample_chunk:
     bar.close()
     V = plan.n_units
     out = torch.empty(V, D, dtype=f64, device=X.device)
-    for u0 in range(0, V, unit_chunk):
-        out[u0:u0 + unit_chunk] = plan.WL[u0:u0 + unit_chunk].to(f64) @ Abar
+    step = min(unit_chunk, 1024)  # a float64 copy of 1024 rows of W_L at a time, no temporaries
+    for u0 in range(0, V, step):
+        torch.matmul(plan.WL[u0:u0 + step].to(f64), Abar, out=out[u0:u0 + step])
     return out
 
 
