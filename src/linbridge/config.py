@@ -16,6 +16,7 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "synthetic": {},
     "cowley2023-v4": {
         "encoders": {"mlp_relu": {"lr": 1e-4}, "mlp_linear": {"lr": 1e-4}},
+        "bridge": {"stability": True},
     },
 }
 
@@ -45,6 +46,13 @@ class BridgeConfig:
     learner: dict[str, Any] = field(default_factory=dict)  # LinBridge keyword arguments
     baselines: list[str] = field(default_factory=lambda: [
         "mean_jacobian", "median", "ls_distillation", "ridge", "mlp_linear"])
+    # non-circular check: fit on one half of the test samples, score on the other
+    heldout: bool = True
+    # the learned component across batch sizes (those up to half the test set) and seeds;
+    # ~10 extra learner fits, so off by default (on for the small V4 problem)
+    stability: bool = False
+    stability_batch_sizes: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256, 512])
+    stability_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
 
 
 @dataclass

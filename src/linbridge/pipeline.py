@@ -175,6 +175,63 @@ def decompose(cfg: RunConfig, ds: Dataset, encs: dict[str, Any], rd: RunDir, enc
     return {"components": comps, "stats": stats, "learner": learner_info}
 
 
+def evaluate_decomposition(cfg: RunConfig, ds: Dataset, encs: dict[str, Any], rd: RunDir,
+                           enc_key: str, progress: bool = True) -> dict[str, Any]:
+    """Held-out-half scores and stability of the split (each optional, resumable)."""
+    from dataclasses import asdict as _asdict
+
+    from .bridge.evaluation import heldout_split_scores, stability
+
+    bc = cfg.bridge
+    out: dict[str, Any] = {}
+    if not (bc.heldout or bc.stability):
+        return out
+    key = fingerprint(enc_key, asdict(cfg.jacobian), _asdict(bc))
+    X_test, Y_test = ds.part("test")
+    jc = cfg.jacobian
+    source = None
+
+    def get_source():
+        nonlocal source
+        if source is None:
+            source = ModelJacobianSource(encs["mlp_relu"].module_, X_test, method=jc.method,
+                                         memory_budget_mb=jc.memory_budget_mb, device=jc.device)
+        return source
+
+    lp = dict(bc.learner)
+    if bc.heldout:
+        path = rd.path("heldout.json")
+        if rd.stage_done("heldout", key) and path.exists():
+            out["heldout"] = load_json(path)
+        else:
+            _stage("held-out evaluation (fit on one half of the test set, score the other)",
+                   progress)
+            X_val, Y_val = ds.part("val")
+            fixed = {"ridge": encs["ridge"].jacobian_matrix()}
+            res = heldout_split_scores(
+                get_source(), X_test, Y_test, learner_params=lp, fixed=fixed,
+                X_val=X_val if len(X_val) else None, Y_val=Y_val if len(Y_val) else None,
+                F_val=encs["mlp_relu"].predict(X_val) if len(X_val) else None,
+                seed=cfg.seed, progress=False)
+            res.pop("per_unit", None)
+            save_json(path, res)
+            rd.mark_done("heldout", key)
+            out["heldout"] = load_json(path)
+    if bc.stability:
+        path = rd.path("stability.json")
+        if rd.stage_done("stability", key) and path.exists():
+            out["stability"] = load_json(path)
+        else:
+            _stage("stability of the learned split across batch sizes and seeds", progress)
+            res = stability(get_source(), learner_params={**lp},
+                            batch_sizes=tuple(bc.stability_batch_sizes),
+                            seeds=tuple(bc.stability_seeds), progress=False)
+            save_json(path, res)
+            rd.mark_done("stability", key)
+            out["stability"] = load_json(path)
+    return out
+
+
 def _summ(x: np.ndarray) -> dict[str, float]:
     x = np.asarray(x, dtype=np.float64)
     return {"median": float(np.nanmedian(x)), "mean": float(np.nanmean(x)),
@@ -310,8 +367,18 @@ def run(cfg: RunConfig, out: Path, progress: bool = True) -> dict[str, Any]:
     t = time.perf_counter()
     dec = decompose(cfg, ds, encs, rd, enc_key, progress)
     times["decomposition"] = time.perf_counter() - t
+    t = time.perf_counter()
+    evals = evaluate_decomposition(cfg, ds, encs, rd, enc_key, progress)
+    times["evaluation"] = time.perf_counter() - t
     t = _stage("metrics (bootstrap, indices, AFD over t-SNE seeds)", progress)
     metrics, units = compute_metrics(cfg, ds, encs, dec)
+    if "heldout" in evals:
+        metrics["heldout"] = {name: v["heldout"] for name, v in evals["heldout"]["methods"].items()}
+    if "stability" in evals:
+        st = evals["stability"]
+        metrics["stability"] = {"min_r_batch_size": st["min_r_batch_size"],
+                                "min_r_seed": st["min_r_seed"],
+                                "seed_pairwise_mean_r": st.get("seed_pairwise_mean_r")}
     times["metrics"] = time.perf_counter() - t
     write_units_table(rd.path("units.csv"), units)
     save_npz(rd.path("units.npz"), **{k: np.asarray(v) for k, v in units.items()
