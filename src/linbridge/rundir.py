@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .files import atomic_write, sha256_file  # noqa: F401  (re-exported)
+from .files import atomic_write
 
 
 def _default(o: Any):

@@ -73,7 +73,7 @@ def train_mlp(model: nn.Module, X_train: np.ndarray, Y_train: np.ndarray,
               X_val: np.ndarray, Y_val: np.ndarray, *, lr: float = 1e-3,
               weight_decay: float = 1e-2, batch_size: int = 128, max_epochs: int = 200,
               patience: int = 8, seed: int = 0, progress: bool = True,
-              checkpoint: str | os.PathLike | None = None) -> TrainResult:
+              checkpoint: str | Path | None = None) -> TrainResult:
     """AdamW on MSE with early stopping on validation MSE; the best weights are kept.
 
     The model is left holding a deep copy of the weights of its best epoch (epochs

@@ -48,12 +48,13 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ._images import ImageSource, count_images
 from ._cache import cached_features, hash_strings
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
@@ -64,7 +65,6 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 #: a file with this name marks a random-weight model written by a test fixture
 FIXTURE_MARKER = "LINBRIDGE_FIXTURE_MODEL.txt"
 
-ImageSource = np.ndarray | Callable[[np.ndarray], np.ndarray]
 
 _LAYER_RE = re.compile(r"^block_(\d+)_cls$")
 
@@ -240,17 +240,6 @@ def clip_preprocess(clip: ClipVision, images: np.ndarray) -> torch.Tensor:
     return out["pixel_values"].to(torch.float32)
 
 
-def _n_images(images: ImageSource, n_images: int | None) -> int:
-    if n_images is not None:
-        return int(n_images)
-    if callable(images) and not isinstance(images, np.ndarray):
-        try:
-            return len(images)  # type: ignore[arg-type]
-        except TypeError:
-            raise ValueError("images is a callable without len(); pass n_images=") from None
-    return int(np.asarray(images).shape[0])
-
-
 def extract_clip_features(images: ImageSource, clip: ClipVision,
                           layers: str | Sequence[str] = DEFAULT_LAYER, batch_size: int = 32,
                           progress: bool = True, n_images: int | None = None
@@ -265,7 +254,7 @@ def extract_clip_features(images: ImageSource, clip: ClipVision,
     parsed = {ly: parse_layer(ly, clip.n_blocks) for ly in layers}
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    n = _n_images(images, n_images)
+    n = count_images(images, n_images)
     out = {ly: np.empty((n, clip.layer_width(ly)), dtype=np.float32) for ly in layers}
     device = next(clip.model.parameters()).device
     is_array = not callable(images) or isinstance(images, np.ndarray)

@@ -23,13 +23,14 @@ import functools
 import io
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ._images import ImageSource, count_images
 from ._cache import cached_features, hash_strings, sha256_file
 
 MODEL_NAME = "efficientnet-lite0"
@@ -47,7 +48,6 @@ PREPROCESSING: dict[str, Any] = {
     "dtype": "float32",
 }
 
-ImageSource = np.ndarray | Callable[[np.ndarray], np.ndarray]
 
 
 def weights_path() -> Path:
@@ -114,17 +114,6 @@ def preprocess(images: np.ndarray) -> torch.Tensor:
     return (x - mean) / std
 
 
-def _n_images(images: ImageSource, n_images: int | None) -> int:
-    if n_images is not None:
-        return int(n_images)
-    if callable(images) and not isinstance(images, np.ndarray):
-        try:
-            return len(images)  # type: ignore[arg-type]
-        except TypeError:
-            raise ValueError("images is a callable without len(); pass n_images=") from None
-    return int(np.asarray(images).shape[0])
-
-
 def extract_efficientnet_features(images: ImageSource, batch_size: int = 64,
                                   progress: bool = True, n_images: int | None = None
                                   ) -> np.ndarray:
@@ -141,7 +130,7 @@ def extract_efficientnet_features(images: ImageSource, batch_size: int = 64,
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    n = _n_images(images, n_images)
+    n = count_images(images, n_images)
     model = load_efficientnet_lite0()
     out = np.empty((n, N_FEATURES), dtype=np.float32)
     is_array = not callable(images) or isinstance(images, np.ndarray)
