@@ -19,3 +19,15 @@ def count_images(images: ImageSource, n_images: int | None = None) -> int:
         except TypeError:
             raise ValueError("images is a callable without len(); pass n_images=") from None
     return int(np.asarray(images).shape[0])
+
+
+def iter_image_batches(images: ImageSource, n: int, batch_size: int):
+    """Yield (start, stop, uint8 batch) over an image source, checking each batch's size."""
+    is_array = not callable(images) or isinstance(images, np.ndarray)
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        batch = np.asarray(images[start:stop] if is_array else images(np.arange(start, stop)))
+        if batch.shape[0] != stop - start:
+            raise ValueError(f"image source returned {batch.shape[0]} images for "
+                             f"indices {start}..{stop - 1} ({stop - start} expected)")
+        yield start, stop, batch

@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ._images import ImageSource, count_images
+from ._images import ImageSource, count_images, iter_image_batches
 from ._cache import cached_features, hash_strings
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
@@ -257,16 +257,9 @@ def extract_clip_features(images: ImageSource, clip: ClipVision,
     n = count_images(images, n_images)
     out = {ly: np.empty((n, clip.layer_width(ly)), dtype=np.float32) for ly in layers}
     device = next(clip.model.parameters()).device
-    is_array = not callable(images) or isinstance(images, np.ndarray)
     with torch.no_grad(), tqdm(total=n, unit="img", desc=f"CLIP {clip.name}",
                                disable=None if progress else True) as bar:
-        for start in range(0, n, batch_size):
-            stop = min(start + batch_size, n)
-            batch = images[start:stop] if is_array else images(np.arange(start, stop))
-            batch = np.asarray(batch)
-            if batch.shape[0] != stop - start:
-                raise ValueError(f"image source returned {batch.shape[0]} images for "
-                                 f"indices {start}..{stop - 1} ({stop - start} expected)")
+        for start, stop, batch in iter_image_batches(images, n, batch_size):
             pix = clip_preprocess(clip, batch).to(device)
             res = clip.model(pixel_values=pix, output_hidden_states=True)
             for ly, (kind, k) in parsed.items():

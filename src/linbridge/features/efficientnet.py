@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ._images import ImageSource, count_images
+from ._images import ImageSource, count_images, iter_image_batches
 from ._cache import cached_features, hash_strings, sha256_file
 
 MODEL_NAME = "efficientnet-lite0"
@@ -133,16 +133,9 @@ def extract_efficientnet_features(images: ImageSource, batch_size: int = 64,
     n = count_images(images, n_images)
     model = load_efficientnet_lite0()
     out = np.empty((n, N_FEATURES), dtype=np.float32)
-    is_array = not callable(images) or isinstance(images, np.ndarray)
     with torch.no_grad(), tqdm(total=n, unit="img", desc="EfficientNet-Lite0",
                                disable=None if progress else True) as bar:
-        for start in range(0, n, batch_size):
-            stop = min(start + batch_size, n)
-            batch = images[start:stop] if is_array else images(np.arange(start, stop))
-            batch = np.asarray(batch)
-            if batch.shape[0] != stop - start:
-                raise ValueError(f"image source returned {batch.shape[0]} images for "
-                                 f"indices {start}..{stop - 1} ({stop - start} expected)")
+        for start, stop, batch in iter_image_batches(images, n, batch_size):
             fmap = model.extract_features(preprocess(batch))  # (b, 1280, 7, 7)
             out[start:stop] = fmap.mean(dim=(2, 3)).numpy()
             bar.update(stop - start)
