@@ -102,16 +102,18 @@ def test_report_command_on_unfinished_dir(tmp_path):
     assert "not a finished run" in res.output
 
 
-def test_changed_config_invalidates_stage(small_run, tmp_path):
-    from linbridge.rundir import RunDir, fingerprint
-
+def test_changed_config_invalidates_stage(small_run):
+    """A changed encoder setting retrains the encoders and redoes the decomposition."""
     cfg, out, _ = small_run
-    c1 = load_config(cfg)
-    c2 = load_config(cfg)
-    c2.encoders.mlp_relu["hidden"] = 65
-    from dataclasses import asdict
-
-    assert fingerprint(asdict(c1.encoders)) != fingerprint(asdict(c2.encoders))
+    before = {p: p.stat().st_mtime_ns for p in [out / "encoders" / "mlp_relu.pt",
+                                                 out / "decomposition.npz"]}
+    res = runner.invoke(app, ["run", str(cfg), "--out", str(out), "--quiet",
+                              "--set", "encoders.mlp_relu.hidden=48"])
+    assert res.exit_code == 0, res.output
+    for p, t in before.items():
+        assert p.stat().st_mtime_ns != t, f"{p.name} was reused under a changed config"
+    cfg_text = (out / "config.yaml").read_text()
+    assert "hidden: 48" in cfg_text
 
 
 def test_config_errors_are_clear(tmp_path):
