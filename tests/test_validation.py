@@ -45,24 +45,50 @@ def test_activation_sweep_tracks_second_derivative():
             assert v["max_jne_where_flat"] == 0.0 and v["max_nf_where_flat"] < 1e-20
 
 
-def test_residual_products_match_linbridge_jacobian():
+@pytest.mark.parametrize("first_layer", ["residual", "plain"])
+def test_residual_products_match_linbridge_jacobian(first_layer):
     net = _ResNet(24, 24, seed=1)
     X = torch.rand(7, 24) * 20 - 10
     for a1, a2 in [(None, None), (torch.nn.ReLU(), None), (None, torch.nn.GELU()),
                    (torch.nn.SiLU(), torch.nn.LeakyReLU())]:
-        J = residual_jacobians(net, X, a1, a2)
-        ref = ModelJacobianSource(net.module(a1, a2), X, method="autodiff").block(slice(None))
+        J = residual_jacobians(net, X, a1, a2, first_layer)
+        ref = ModelJacobianSource(net.module(a1, a2, first_layer), X,
+                                  method="autodiff").block(slice(None))
         torch.testing.assert_close(J, ref[:, 0], rtol=1e-4, atol=1e-5)
-    rep = residual_rep(net, X)
+    rep = residual_rep(net, X, first_layer)
     from linbridge.validation.jne_sims import _net_indices
 
     for name, cls in ACTIVATIONS.items():
-        assert rep[name]["none"] == (0.0, 0.0)
+        assert rep[name]["none"][0] < 1e-6 and rep[name]["none"][1] < 1e-12
         for p, (a1, a2) in {"shallow": (cls(), None), "deep": (None, cls()),
                             "both": (cls(), cls())}.items():
-            j, nf = _net_indices(residual_jacobians(net, X, a1, a2))
+            j, nf = _net_indices(residual_jacobians(net, X, a1, a2, first_layer))
             assert rep[name][p][0] == pytest.approx(j, rel=1e-4)
             assert rep[name][p][1] == pytest.approx(nf, rel=1e-4)
+
+
+def test_residual_first_layer_needs_square_weights():
+    with pytest.raises(ValueError, match="width == n_features"):
+        residual_jacobians(_ResNet(8, 5, seed=0), torch.zeros(2, 5), None, None)
+    with pytest.raises(ValueError, match="first_layer must be one of"):
+        residual_rep(_ResNet(8, 8, seed=0), torch.zeros(2, 8), "dense")
+
+
+def test_residual_orderings_of_both_readings():
+    """The two readings' orderings (what 3d and 3e measure), two repetitions at full size.
+
+    With the issue's formula the deep deviation is damped by g / sqrt(1 + g^2) = 1/2 in
+    expected size, so deep < shallow; with every layer residual shallow < deep < both.
+    """
+    from linbridge.validation.jne_sims import residual_nets
+
+    res = residual_nets(n_reps=2, seed=3, first_layer="residual")
+    plain = residual_nets(n_reps=2, seed=3, first_layer="plain")
+    for name in ACTIVATIONS:
+        assert res["per_activation"][name]["jne"]["frac_shallow_lt_deep_lt_both"] == 1.0, name
+        assert plain["per_activation"][name]["jne"]["frac_shallow_lt_deep"] == 0.0, name
+        med = plain["per_activation"][name]["jne"]["median"]
+        assert 0.5 < med["deep"] / med["shallow"] < 0.9, (name, med)
 
 
 def test_sample_size_shape():

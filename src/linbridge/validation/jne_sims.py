@@ -9,12 +9,25 @@ sum ||J_k||^2):
   average of |phi''| (the total variation of phi' over the window divided by its width:
   for ReLU and LeakyReLU, whose phi'' is a Dirac delta at 0, that is the delta smoothed
   by the window). Where phi' is constant over a window the index must be exactly 0.
-* ``residual_nets``: untrained h1 = phi1(W1 x), h2 = h1 + phi2(W2 h1), y = w3 . h2
-  (768 -> 768 -> 1, PyTorch's default nn.Linear init, biases included), inputs
-  U[-10, 10]^(1000 x 768), activation nowhere / shallow (phi1) / deep (phi2) / both.
-  Jacobians are analytic: J_k = w3 (I + D2_k W2) D1_k W1, formed from the output side
-  with the activation derivatives D recorded in the forward pass (the same product
-  ``linbridge.jacobian`` uses; a test checks it against ``ModelJacobianSource``).
+* ``residual_nets``: untrained residual nets 768 -> 768 -> 1 (PyTorch's default nn.Linear
+  init, biases included), inputs U[-10, 10]^(1000 x 768), activation nowhere / shallow
+  (phi1) / deep (phi2) / both. method.md says only "untrained residual net 768 -> 768 -> 1";
+  two readings are computed (``FIRST_LAYERS``):
+
+  - ``"residual"`` (every layer a residual block, which the square first layer permits):
+    h1 = x + phi1(W1 x), h2 = h1 + phi2(W2 h1), y = w3 . h2, so
+    J_k = w3 (I + D2_k W2)(I + D1_k W1). A nonlinearity in either layer then changes the
+    Jacobian by the same expected amount (one W times one I + W), and the JNE paper's
+    ordering shallow < deep < both is what it measures.
+  - ``"plain"`` (the issue's formula): h1 = phi1(W1 x), h2 = h1 + phi2(W2 h1), so
+    J_k = w3 (I + D2_k W2) D1_k W1. Here the shallow deviation reaches the output through
+    (I + W2) and W1, the deep one through W2 and W1; with default init (row gain
+    g^2 = fan_in * Var(W) = 1/3) the deep one is smaller by g / sqrt(1 + g^2) = 1/2 in
+    expected size, and deep < shallow in every repetition.
+
+  Jacobians are analytic, formed from the output side with the activation derivatives D
+  recorded in the forward pass (the same product ``linbridge.jacobian`` uses; a test
+  checks both readings against ``ModelJacobianSource``).
 * ``sample_size``: the index of y = phi(x - b) over x ~ U[-10, 10] as a function of the
   offset b (the planted curve, from a dense grid of 200,001 inputs) against its estimate
   from N random inputs. The JNE paper's own protocol for this is not public; this is our
@@ -30,14 +43,22 @@ from ..metrics import jne, nonlinear_fraction
 
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 PLACEMENTS = ("none", "shallow", "deep", "both")
+FIRST_LAYERS = ("residual", "plain")
+
+
+def _act_and_derivative(act: nn.Module, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """phi(z) and phi'(z) elementwise, by autograd through the module (torch's conventions
+    at kinks)."""
+    with torch.enable_grad():
+        z = z.detach().requires_grad_(True)
+        y = act(z)
+        (g,) = torch.autograd.grad(y.sum(), z)
+    return y.detach(), g.detach()
 
 
 def dphi(act: nn.Module, z: torch.Tensor) -> torch.Tensor:
-    """phi'(z) elementwise, by autograd through the module (torch's conventions at kinks)."""
-    with torch.enable_grad():
-        z = z.detach().requires_grad_(True)
-        (g,) = torch.autograd.grad(act(z).sum(), z)
-    return g.detach()
+    """phi'(z) elementwise."""
+    return _act_and_derivative(act, z)[1]
 
 
 def _indices_1d(J: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -74,6 +95,14 @@ def activation_sweep(n_grid: int = 2001, window: int = 101, lo: float = -10.0,
 
 
 # -- 2. untrained residual nets -----------------------------------------------------------
+def _check_first_layer(first_layer: str, width: int, n_features: int) -> None:
+    if first_layer not in FIRST_LAYERS:
+        raise ValueError(f"first_layer must be one of {FIRST_LAYERS}, got {first_layer!r}")
+    if first_layer == "residual" and width != n_features:
+        raise ValueError(f"a residual first layer needs width == n_features, got {width} "
+                         f"and {n_features}")
+
+
 class _ResNet:
     """Weights of one repetition (PyTorch default nn.Linear init under a seed)."""
 
@@ -84,39 +113,54 @@ class _ResNet:
         self.W1, self.b1, self.W2, self.b2 = cv(l1.weight), cv(l1.bias), cv(l2.weight), cv(l2.bias)
         self.w3 = cv(l3.weight)[0]
 
-    def module(self, act1: nn.Module | None, act2: nn.Module | None) -> nn.Sequential:
+    def module(self, act1: nn.Module | None, act2: nn.Module | None,
+               first_layer: str = "residual") -> nn.Sequential:
         """The same network as an nn.Sequential (for cross-checks with linbridge.jacobian)."""
         from ..encoders import Residual
 
         width, D = self.W1.shape
-        l1, l3 = nn.Linear(D, width), nn.Linear(width, 1)
-        res = Residual(width, "identity", bias=True)
-        res.act = act2 if act2 is not None else nn.Identity()
+        _check_first_layer(first_layer, width, D)
+
+        def block(W, b, act):
+            res = Residual(width, "identity", bias=True)
+            res.act = act if act is not None else nn.Identity()
+            with torch.no_grad():
+                res.linear.weight.copy_(W); res.linear.bias.copy_(b)  # noqa: E702
+            return res
+
+        if first_layer == "residual":
+            first = [block(self.W1, self.b1, act1)]
+        else:
+            l1 = nn.Linear(D, width)
+            with torch.no_grad():
+                l1.weight.copy_(self.W1); l1.bias.copy_(self.b1)  # noqa: E702
+            first = [l1, act1 if act1 is not None else nn.Identity()]
+        l3 = nn.Linear(width, 1)
         with torch.no_grad():
-            l1.weight.copy_(self.W1); l1.bias.copy_(self.b1)  # noqa: E702
-            res.linear.weight.copy_(self.W2); res.linear.bias.copy_(self.b2)  # noqa: E702
             l3.weight.copy_(self.w3[None]); l3.bias.zero_()  # noqa: E702
-        return nn.Sequential(l1, act1 if act1 is not None else nn.Identity(), res, l3).eval()
+        return nn.Sequential(*first, block(self.W2, self.b2, act2), l3).eval()
 
 
 @torch.no_grad()
 def residual_jacobians(net: _ResNet, X: torch.Tensor, act1: nn.Module | None,
-                       act2: nn.Module | None, z1: torch.Tensor | None = None) -> torch.Tensor:
-    """J_k = w3 (I + D2_k W2) D1_k W1 for every row of X: (n, n_features)."""
-    if z1 is None:
-        z1 = X @ net.W1.T + net.b1
-    if act1 is None:
-        h1, d1 = z1, None
-    else:
-        h1, d1 = act1(z1), dphi(act1, z1)
+                       act2: nn.Module | None, first_layer: str = "residual") -> torch.Tensor:
+    """Jacobians of y for every row of X: (n, n_features).
+
+    ``first_layer="residual"``: J_k = w3 (I + D2_k W2)(I + D1_k W1);
+    ``"plain"``: J_k = w3 (I + D2_k W2) D1_k W1. No activation means D = I.
+    """
+    _check_first_layer(first_layer, *net.W1.shape)
+    z1 = X @ net.W1.T + net.b1
+    h1, d1 = (z1, None) if act1 is None else _act_and_derivative(act1, z1)
+    if first_layer == "residual":
+        h1 = X + h1
     w3 = net.w3
     if act2 is None:  # the residual branch is linear: G2 is the same for every sample
         G2 = (w3 + w3 @ net.W2).expand(X.shape[0], -1)
     else:
-        z2 = h1 @ net.W2.T + net.b2
-        G2 = w3 + (dphi(act2, z2) * w3) @ net.W2
-    G1 = G2 if d1 is None else G2 * d1
-    return G1 @ net.W1
+        G2 = w3 + (dphi(act2, h1 @ net.W2.T + net.b2) * w3) @ net.W2
+    J = (G2 if d1 is None else G2 * d1) @ net.W1
+    return J + G2 if first_layer == "residual" else J
 
 
 def _net_indices(J: torch.Tensor) -> tuple[float, float]:
@@ -133,61 +177,69 @@ def _net_indices(J: torch.Tensor) -> tuple[float, float]:
     return j, nf
 
 
-def _act_and_derivative(act: nn.Module, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    with torch.enable_grad():
-        z = z.detach().requires_grad_(True)
-        y = act(z)
-        (g,) = torch.autograd.grad(y.sum(), z)
-    return y.detach(), g.detach()
-
-
 @torch.no_grad()
-def residual_rep(net: "_ResNet", X: torch.Tensor) -> dict[str, dict[str, tuple[float, float]]]:
+def residual_rep(net: "_ResNet", X: torch.Tensor, first_layer: str = "residual"
+                 ) -> dict[str, dict[str, tuple[float, float]]]:
     """(JNE, NF) of every placement and activation for one repetition.
 
-    The same products as ``residual_jacobians``, arranged to share work: z1 = W1 x and
-    W2 z1 are computed once; with the activation only in the residual branch ('deep'),
-    J_k = w3 W1 + (w3 * d2_k) (W2 W1), one GEMM with the shared M = W2 W1.
+    The same products as ``residual_jacobians``, arranged to share work. With A = I + W1
+    (residual first layer) or W1 (plain), z1 = W1 x + b1 and the linear first layer's
+    output h1 = A x + b1 are computed once, and with the activation only in the second
+    block ('deep') J_k = w3 A + (w3 * d2_k)(W2 A): one GEMM with the shared M = W2 A.
     """
+    _check_first_layer(first_layer, *net.W1.shape)
+    residual = first_layer == "residual"
     z1 = X @ net.W1.T + net.b1
-    z2_lin = z1 @ net.W2.T + net.b2
+    h1_lin = X + z1 if residual else z1
     w3 = net.w3
-    M = net.W2 @ net.W1
-    c = w3 @ net.W1
+    A = net.W1 + torch.eye(net.W1.shape[1], dtype=net.W1.dtype) if residual else net.W1
+    M, c = net.W2 @ A, w3 @ A
     G2c = w3 + w3 @ net.W2
-    none = _net_indices((G2c @ net.W1).expand(X.shape[0], -1))
+
+    def out_jac(G2: torch.Tensor, d1: torch.Tensor) -> torch.Tensor:  # G2 (I + D1 W1) or G2 D1 W1
+        J = (G2 * d1) @ net.W1
+        return J + G2 if residual else J
+
+    none = _net_indices(c.expand(X.shape[0], -1))
+    z2_lin = h1_lin @ net.W2.T + net.b2
     out = {}
     for name, cls in ACTIVATIONS.items():
         act = cls()
-        h1, d1 = _act_and_derivative(act, z1)
+        a1, d1 = _act_and_derivative(act, z1)
+        h1 = X + a1 if residual else a1
         _, d2_deep = _act_and_derivative(act, z2_lin)
         _, d2_both = _act_and_derivative(act, h1 @ net.W2.T + net.b2)
         out[name] = {
             "none": none,
-            "shallow": _net_indices((G2c * d1) @ net.W1),
+            "shallow": _net_indices(out_jac(G2c.expand(X.shape[0], -1), d1)),
             "deep": _net_indices(torch.addmm(c, d2_deep * w3, M)),
-            "both": _net_indices(((w3 + (d2_both * w3) @ net.W2) * d1) @ net.W1),
+            "both": _net_indices(out_jac(w3 + (d2_both * w3) @ net.W2, d1)),
         }
     return out
 
 
 def residual_nets(n_reps: int = 200, n_samples: int = 1000, width: int = 768,
-                  seed: int = 0, progress: bool = False) -> dict:
-    """JNE and NF of the four placements for every activation, over repetitions."""
+                  seed: int = 0, progress: bool = False, first_layer: str = "residual") -> dict:
+    """JNE and NF of the four placements for every activation, over repetitions.
+
+    Each repetition draws fresh weights and inputs; the four placements and four
+    activations share them, so orderings are compared within a repetition.
+    """
     from tqdm.auto import tqdm
 
     vals = {ix: {p: np.zeros((n_reps, len(ACTIVATIONS))) for p in PLACEMENTS}
             for ix in ("jne", "nf")}
-    for r in tqdm(range(n_reps), desc="residual nets", disable=None if progress else True,
-                  leave=False):
+    for r in tqdm(range(n_reps), desc=f"residual nets ({first_layer} first layer)",
+                  disable=None if progress else True, leave=False):
         net = _ResNet(width, width, seed * 100003 + r)
         g = torch.Generator().manual_seed(seed * 100003 + r + 1)
         X = torch.rand(n_samples, width, generator=g) * 20 - 10
-        res = residual_rep(net, X)
+        res = residual_rep(net, X, first_layer)
         for a, name in enumerate(ACTIVATIONS):
             for p, (j, nf) in res[name].items():
                 vals["jne"][p][r, a], vals["nf"][p][r, a] = j, nf
-    out: dict = {"n_reps": n_reps, "n_samples": n_samples, "width": width, "per_activation": {}}
+    out: dict = {"n_reps": n_reps, "n_samples": n_samples, "width": width,
+                 "first_layer": first_layer, "per_activation": {}}
     for a, name in enumerate(ACTIVATIONS):
         d = {}
         for ix in ("jne", "nf"):

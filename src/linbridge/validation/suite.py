@@ -53,8 +53,9 @@ class SuiteConfig:
 
 
 def jne_simulation_checks(cfg: SuiteConfig, progress: bool = False) -> list[Check]:
-    """Checks 3a-3e: the JNE authors' simulations."""
-    from .jne_sims import ACTIVATIONS, activation_sweep, residual_nets, sample_size
+    """Checks 3a-3g: the JNE authors' simulations."""
+    from .jne_sims import (ACTIVATIONS, FIRST_LAYERS, activation_sweep, residual_nets,
+                           sample_size)
 
     sw = activation_sweep(cfg.sweep_grid, cfg.sweep_window)
     strip = lambda d: {k: v for k, v in d.items() if not isinstance(v, np.ndarray)}  # noqa: E731
@@ -68,24 +69,34 @@ def jne_simulation_checks(cfg: SuiteConfig, progress: bool = False) -> list[Chec
               {"max_nf_where_flat": max(v["max_nf_where_flat"] for v in sw.values()),
                "n_flat_windows": {k: v["n_flat_windows"] for k, v in sw.items()}}),
     ]
-    rn = residual_nets(cfg.residual_reps, cfg.residual_samples, cfg.residual_width, cfg.seed,
-                       progress)
-    pa = rn["per_activation"]
+    rn = {fl: residual_nets(cfg.residual_reps, cfg.residual_samples, cfg.residual_width,
+                            cfg.seed, progress, first_layer=fl) for fl in FIRST_LAYERS}
+    pa, pa_plain = rn["residual"]["per_activation"], rn["plain"]["per_activation"]
+    frac = lambda p, ix, key: min(p[a][ix][key] for a in p)  # noqa: E731
+    size = {k: rn["residual"][k] for k in ("n_reps", "n_samples", "width")}
     checks += [
-        Check("3c", "JNE sims", "residual net, activation nowhere: index (max relative)",
-              max(max(pa[a][ix]["max_none_relative"] for a in pa) for ix in ("jne", "nf")),
-              1e-6, "<=", "JNE and NF", {"n_reps": rn["n_reps"]}),
-        Check("3d", "JNE sims", "residual net: shallow < deep < both (min fraction of "
-              "repetitions over activations)",
-              min(pa[a]["jne"]["frac_shallow_lt_deep_lt_both"] for a in pa), 0.95, ">=", "JNE",
-              {"n_reps": rn["n_reps"], "n_samples": rn["n_samples"], "width": rn["width"],
-               "per_activation": pa,
-               "nf_min_fraction": min(pa[a]["nf"]["frac_shallow_lt_deep_lt_both"] for a in pa)}),
-        Check("3e", "JNE sims", "residual net: none < deep < shallow < both, the ordering "
-              "observed (min fraction over activations)",
-              min(min(pa[a][ix]["frac_deep_lt_shallow_lt_both"] for a in pa)
-                  for ix in ("jne",)), None, ">=", "JNE",
-              {"nf_min_fraction": min(pa[a]["nf"]["frac_deep_lt_shallow_lt_both"] for a in pa)}),
+        Check("3c", "JNE sims", "residual net, activation nowhere: index (max relative, both "
+              "readings)",
+              max(max(p[a][ix]["max_none_relative"] for a in p)
+                  for p in (pa, pa_plain) for ix in ("jne", "nf")),
+              1e-6, "<=", "JNE and NF", size),
+        Check("3d", "JNE sims", "residual net h1 = x + phi1(W1 x), h2 = h1 + phi2(W2 h1): "
+              "shallow < deep < both (min fraction of repetitions over activations)",
+              frac(pa, "jne", "frac_shallow_lt_deep_lt_both"), 0.95, ">=", "JNE",
+              {**size, "first_layer": "residual", "per_activation": pa,
+               "nf_min_fraction": frac(pa, "nf", "frac_shallow_lt_deep_lt_both")}),
+        Check("3e", "JNE sims", "the issue's formula h1 = phi1(W1 x), h2 = h1 + phi2(W2 h1): "
+              "shallow < deep < both (min fraction over activations)",
+              frac(pa_plain, "jne", "frac_shallow_lt_deep_lt_both"), None, ">=", "JNE",
+              {**size, "first_layer": "plain", "per_activation": pa_plain,
+               "nf_min_fraction": frac(pa_plain, "nf", "frac_shallow_lt_deep_lt_both"),
+               "jne_min_fraction_deep_lt_shallow_lt_both":
+                   frac(pa_plain, "jne", "frac_deep_lt_shallow_lt_both"),
+               "nf_min_fraction_deep_lt_shallow_lt_both":
+                   frac(pa_plain, "nf", "frac_deep_lt_shallow_lt_both"),
+               "why": "the deep deviation reaches the output through W2 W1, the shallow one "
+                      "through (I + W2) W1: with default init it is smaller by "
+                      "g / sqrt(1 + g^2) = 1/2 in expected size (g^2 = 1/3)"}),
     ]
     ss = sample_size(cfg.sample_sizes, cfg.sample_reps, seed=cfg.seed)
     big = [n for n in cfg.sample_sizes if n >= 100]
