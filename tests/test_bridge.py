@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from sklearn.exceptions import NotFittedError
 
 from linbridge.bridge import (COLLAPSE_RULES, CollapseWarning, LinBridge, SubsetSource,
                               effective_sample_size, elementwise_median, heldout_split_scores,
@@ -141,6 +142,46 @@ def test_unit_subsampling_and_model_source():
     full = src.block(slice(None)).double().numpy()
     np.testing.assert_allclose(lb.inherent_, np.einsum("n,nud->ud", lb.sample_weights_, full),
                                atol=1e-5)
+
+
+@pytest.mark.parametrize("param, value, rule", [
+    ("temperature", 0.0, "> 0"), ("embed_dim", 0, ">= 1"), ("l1_weight", -0.1, ">= 0"),
+    ("lr", 0.0, "> 0"), ("batch_size", 1, ">= 2"), ("min_ess_fraction", 1.5, "in \\[0, 1\\]"),
+    ("unit_batch", 0, ">= 1"), ("n_epochs", -1, ">= 0")])
+def test_bad_parameters_are_refused_before_any_work(param, value, rule):
+    src, _, _ = relu_source(N=8, V=2, D=3)
+    with pytest.raises(ValueError, match=f"LinBridge {param} must be {rule}, got"):
+        LinBridge(progress=False, **{param: value}).fit(src)
+
+
+def test_non_finite_jacobians_are_named_by_sample_and_unit():
+    src, _, _ = relu_source(N=40, V=6, D=5)
+    J = src.J.clone()
+    J[17, 4, 2] = float("nan")
+    with pytest.raises(ValueError, match="sample 17, unit 4, feature 2"):
+        ArrayJacobianSource(J, src.X)
+    # a source whose blocks turn bad later (e.g. a store): caught in the learner's first pass,
+    # with global ids although it streams small blocks
+    cs = CountingSource(src.J.clone(), src.X, memory_budget_mb=0.0005)
+    cs.J[33, 5, 0] = float("inf")
+    with pytest.raises(ValueError, match="the Jacobian source contains 1 non-finite value.*"
+                                         "sample 33, unit 5, feature 0"):
+        LinBridge(progress=False, cache_mb=0.0).fit(cs)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    with torch.no_grad():
+        model[2].weight[1, 3] = float("nan")
+    with pytest.raises(ValueError, match="model parameter '2.weight' \\(2, 4\\) contains 1 "):
+        ModelJacobianSource(model.eval(), src.X.float())
+
+
+def test_predict_and_transform_check_their_inputs():
+    src, _, _ = relu_source(N=24, V=3, D=4)
+    with pytest.raises(NotFittedError, match="not fitted"):
+        LinBridge().predict(src.X.numpy())
+    lb, _ = fit(src, n_epochs=1, batch_size=8)
+    assert lb.predict(src.X.numpy()).shape == (24, 3)
+    with pytest.raises(ValueError, match="expected \\(n_samples, n_features=4\\)"):
+        lb.predict(np.zeros((2, 5)))
 
 
 def test_checkpoint_resume_matches_uninterrupted(tmp_path):

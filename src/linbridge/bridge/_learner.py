@@ -45,9 +45,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.exceptions import NotFittedError
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..data.preprocessing import check_finite
 from ..jacobian import JacobianSource
 
 #: Thresholds of the collapse warnings (fixed; not tuned to any data set).
@@ -135,6 +137,9 @@ def _sketch_pass(source: JacobianSource, sketch_units: int, sketch_features: int
     abs_sum = 0.0
     for ss, us, blk in source.iter_blocks():
         b = blk.to(torch.float64)
+        if not torch.isfinite(b).all():  # before any training: nothing is lost
+            check_finite(b.cpu().numpy(), "the Jacobian source", ("sample", "unit", "feature"),
+                         positions=[np.arange(N)[ss], np.arange(V)[us]])
         out[ss] += torch.einsum("nud,df,us->nsf", b, R, U[us])
         abs_sum += float(b.abs().sum())
     z = out.reshape(N, -1)
@@ -285,11 +290,24 @@ class LinBridge:
             }
         return loss, mon
 
+    def _check_params(self) -> None:
+        make_scorer(self.scorer, 1)  # raises on an unknown scorer
+        rules = [("batch_size", self.batch_size >= 2, ">= 2"),
+                 ("embed_dim", self.embed_dim >= 1, ">= 1"),
+                 ("temperature", self.temperature > 0, "> 0"),
+                 ("l1_weight", self.l1_weight >= 0, ">= 0"),
+                 ("n_epochs", self.n_epochs >= 0, ">= 0"),
+                 ("lr", self.lr > 0, "> 0"),
+                 ("unit_batch", self.unit_batch >= 1, ">= 1"),
+                 ("sketch_units", self.sketch_units >= 1, ">= 1"),
+                 ("sketch_features", self.sketch_features >= 1, ">= 1"),
+                 ("min_ess_fraction", 0.0 <= self.min_ess_fraction <= 1.0, "in [0, 1]")]
+        for name, ok, rule in rules:
+            if not ok:
+                raise ValueError(f"LinBridge {name} must be {rule}, got {getattr(self, name)!r}")
+
     def fit(self, source: JacobianSource) -> "LinBridge":
-        if self.batch_size < 2:
-            raise ValueError(f"batch_size must be >= 2, got {self.batch_size}")
-        if not 0.0 <= self.min_ess_fraction <= 1.0:
-            raise ValueError(f"min_ess_fraction must be in [0, 1], got {self.min_ess_fraction}")
+        self._check_params()
         N, V, D = source.shape
         if N < 2:
             raise ValueError(f"the source has {N} sample(s); the split needs at least 2")
@@ -394,14 +412,24 @@ class LinBridge:
         return bool(reasons)
 
     # -- use --------------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "inherent_"):
+            raise NotFittedError("this LinBridge is not fitted yet; call fit(source) first")
+
     def predict(self, X) -> np.ndarray:
         """The inherent component as a linear encoder: y_hat = J_inh x, (n, n_units)."""
-        return np.asarray(X, dtype=np.float64) @ self.inherent_.T
+        self._check_fitted()
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != self.inherent_.shape[1]:
+            raise ValueError(f"X is {X.shape}; expected (n_samples, n_features="
+                             f"{self.inherent_.shape[1]})")
+        return X @ self.inherent_.T
 
     def transform(self, source: JacobianSource) -> np.ndarray:
         """Projected mapping biases (J_k - J_inh) @ P of any source, (n, n_units, embed_dim)."""
         from ..jacobian import deviation_statistics
 
+        self._check_fitted()
         st = deviation_statistics(source, {"learned": self.inherent_}, self.projection_)
         return st.down["learned"]
 

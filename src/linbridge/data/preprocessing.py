@@ -20,8 +20,13 @@ def check_same_samples(**arrays) -> int:
 
 
 def check_finite(a: np.ndarray, what: str, axis_names: Sequence[str] = ("row", "column"),
-                 names: Sequence[Sequence] | None = None) -> None:
-    """Raise on NaN/inf, naming the first offending position (and its ids when given)."""
+                 names: Sequence[Sequence] | None = None,
+                 positions: Sequence[Sequence[int] | None] | None = None) -> None:
+    """Raise on NaN/inf, naming the first offending position (and its ids when given).
+
+    positions: per axis, the position in the whole array of each index of ``a`` (when
+    ``a`` is one block of something larger), so the message names the global position.
+    """
     a = np.asarray(a)
     if a.dtype.kind not in "fc":
         return
@@ -36,10 +41,13 @@ def check_finite(a: np.ndarray, what: str, axis_names: Sequence[str] = ("row", "
         ident = ""
         if names is not None and ax < len(names) and names[ax] is not None:
             ident = f" ({names[ax][i]!s})"
-        parts.append(f"{label} {i}{ident}")
+        at = i
+        if positions is not None and ax < len(positions) and positions[ax] is not None:
+            at = int(positions[ax][i])
+        parts.append(f"{label} {at}{ident}")
     raise ValueError(
         f"{what} contains {int(bad.sum())} non-finite value(s) "
-        f"({a[first]!r} at {', '.join(parts)}); fix or drop them first - "
+        f"({a[first]} at {', '.join(parts)}); fix or drop them first - "
         "they are never replaced silently"
     )
 

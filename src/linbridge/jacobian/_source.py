@@ -122,6 +122,10 @@ class ModelJacobianSource(JacobianSource):
                  dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
         super().__init__(X, memory_budget_mb, dtype, device)
         check_eval_mode(model)
+        for name, prm in model.named_parameters():  # NaN weights would give NaN Jacobians
+            if not torch.isfinite(prm).all():
+                raise ValueError(f"model parameter '{name}' {tuple(prm.shape)} contains "
+                                 f"{int((~torch.isfinite(prm)).sum())} non-finite value(s)")
         self.steps = parse_mlp(model)
         if method == "auto":
             method = "analytic" if self.steps is not None else "autodiff"
@@ -197,6 +201,7 @@ class LinearJacobianSource(JacobianSource):
     def __init__(self, weights, X, memory_budget_mb: float = 1024.0,
                  dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
         super().__init__(X, memory_budget_mb, dtype, device)
+        check_finite(np.asarray(weights), "linear encoder weights", ("unit", "feature"))
         self.W = torch.as_tensor(np.asarray(weights), dtype=dtype, device=self.device)
         if self.W.shape[1] != self.n_features:
             raise ValueError(f"weights are {tuple(self.W.shape)} but X has {self.n_features} features")
@@ -223,6 +228,8 @@ class ArrayJacobianSource(JacobianSource):
                 f"Jacobians are {tuple(self.J.shape)}; expected (n_samples={self.n_samples}, "
                 f"n_units, n_features={self.n_features})"
             )
+        if not torch.isfinite(self.J).all():
+            check_finite(self.J.cpu().numpy(), "Jacobians", ("sample", "unit", "feature"))
         self.n_units = int(self.J.shape[1])
         self._outputs = None if outputs is None else torch.as_tensor(outputs, dtype=self.dtype)
 
