@@ -127,6 +127,15 @@ def test_config_errors_are_clear(tmp_path):
         config_from_dict({"encoder": {}})
     res = runner.invoke(app, ["demo", "--dataset", "nope", "--out", str(tmp_path / "o2")])
     assert res.exit_code == 2 and "unknown dataset" in res.output
+    # learner settings are checked before anything trains
+    good = tmp_path / "good.yaml"
+    good.write_text("encoders:\n  mlp_relu: {hidden: 8}\n")
+    res = runner.invoke(app, ["run", str(good), "--out", str(tmp_path / "o3"),
+                              "--set", "bridge.learner.temperature=0"])
+    assert res.exit_code == 2 and "bridge.learner: LinBridge temperature must be > 0" in res.output
+    assert not (tmp_path / "o3" / "encoders").exists()
+    with pytest.raises(ValueError, match="unknown key\\(s\\) \\['temprature'\\] in bridge.learner"):
+        config_from_dict({"bridge": {"learner": {"temprature": 0.1}}})
 
 
 def test_dataset_defaults_apply_under_user_values():

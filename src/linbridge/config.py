@@ -121,7 +121,25 @@ def config_from_dict(d: dict[str, Any], where: str = "config") -> RunConfig:
     for k in ("seed", "data_home", "cache_dir"):
         if k in d:
             kwargs[k] = d[k]
+    _check_learner(kwargs["bridge"].learner, where)
     return RunConfig(**kwargs)
+
+
+def _check_learner(params: dict[str, Any], where: str) -> None:
+    """Refuse bad learner settings now, not after the encoders have trained."""
+    import inspect
+
+    from .bridge import LinBridge
+
+    valid = set(inspect.signature(LinBridge.__init__).parameters) - {"self"}
+    bad = set(params) - valid
+    if bad:
+        raise ValueError(f"{where}: unknown key(s) {sorted(bad)} in bridge.learner; "
+                         f"valid: {sorted(valid)}")
+    try:
+        LinBridge(**params).check_params()
+    except ValueError as e:
+        raise ValueError(f"{where}: bridge.learner: {e}") from None
 
 
 def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -290,7 +290,8 @@ class LinBridge:
             }
         return loss, mon
 
-    def _check_params(self) -> None:
+    def check_params(self) -> None:
+        """Raise ValueError naming the first parameter outside its valid range."""
         make_scorer(self.scorer, 1)  # raises on an unknown scorer
         rules = [("batch_size", self.batch_size >= 2, ">= 2"),
                  ("embed_dim", self.embed_dim >= 1, ">= 1"),
@@ -307,7 +308,7 @@ class LinBridge:
                 raise ValueError(f"LinBridge {name} must be {rule}, got {getattr(self, name)!r}")
 
     def fit(self, source: JacobianSource) -> "LinBridge":
-        self._check_params()
+        self.check_params()
         N, V, D = source.shape
         if N < 2:
             raise ValueError(f"the source has {N} sample(s); the split needs at least 2")
