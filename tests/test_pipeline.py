@@ -136,6 +136,12 @@ def test_config_errors_are_clear(tmp_path):
     assert not (tmp_path / "o3" / "encoders").exists()
     with pytest.raises(ValueError, match="unknown key\\(s\\) \\['temprature'\\] in bridge.learner"):
         config_from_dict({"bridge": {"learner": {"temprature": 0.1}}})
+    # so are encoder and dataset keys (they used to fail as a TypeError after earlier stages)
+    for d, where in [({"encoders": {"mlp_relu": {"hiden": 64}}}, "encoders.mlp_relu"),
+                     ({"dataset": {"params": {"n_unit": 30}}}, "dataset.params"),
+                     ({"dataset": {"name": "nsd", "params": {"subjet": 2}}}, "dataset.params")]:
+        with pytest.raises(ValueError, match=f"unknown key.* in {where}; valid: "):
+            config_from_dict(d)
 
 
 def test_dataset_defaults_apply_under_user_values():

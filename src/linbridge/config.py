@@ -121,23 +121,38 @@ def config_from_dict(d: dict[str, Any], where: str = "config") -> RunConfig:
     for k in ("seed", "data_home", "cache_dir"):
         if k in d:
             kwargs[k] = d[k]
-    _check_learner(kwargs["bridge"].learner, where)
-    return RunConfig(**kwargs)
+    cfg = RunConfig(**kwargs)
+    _check_component_params(cfg, where)
+    return cfg
 
 
-def _check_learner(params: dict[str, Any], where: str) -> None:
-    """Refuse bad learner settings now, not after the encoders have trained."""
+def _check_keys(params: dict[str, Any], valid: set[str], where: str, key: str) -> None:
+    bad = set(params) - valid
+    if bad:
+        raise ValueError(f"{where}: unknown key(s) {sorted(bad)} in {key}; valid: {sorted(valid)}")
+
+
+def _check_component_params(cfg: RunConfig, where: str) -> None:
+    """Refuse unknown dataset/encoder/learner keys and bad learner values now, not after
+    the data has loaded and the encoders have trained."""
     import inspect
 
     from .bridge import LinBridge
+    from .data.registry import dataset_parameters
+    from .encoders import MLPEncoder, RidgeEncoder
 
-    valid = set(inspect.signature(LinBridge.__init__).parameters) - {"self"}
-    bad = set(params) - valid
-    if bad:
-        raise ValueError(f"{where}: unknown key(s) {sorted(bad)} in bridge.learner; "
-                         f"valid: {sorted(valid)}")
     try:
-        LinBridge(**params).check_params()
+        ds_valid = dataset_parameters(cfg.dataset.name)
+    except ValueError as e:
+        raise ValueError(f"{where}: dataset.name: {e}") from None
+    _check_keys(cfg.dataset.params, ds_valid, where, "dataset.params")
+    init_keys = lambda cls: set(inspect.signature(cls.__init__).parameters) - {"self", "progress"}  # noqa: E731
+    for name in ("ridge", "mlp_linear", "mlp_relu"):
+        cls = RidgeEncoder if name == "ridge" else MLPEncoder
+        _check_keys(getattr(cfg.encoders, name), init_keys(cls), where, f"encoders.{name}")
+    _check_keys(cfg.bridge.learner, init_keys(LinBridge), where, "bridge.learner")
+    try:
+        LinBridge(**cfg.bridge.learner).check_params()
     except ValueError as e:
         raise ValueError(f"{where}: bridge.learner: {e}") from None
 

@@ -24,6 +24,21 @@ def resolve_data_home(data_home: str | Path | None) -> Path | None:
     return Path(env).expanduser() if env else None
 
 
+def dataset_parameters(name: str) -> set[str]:
+    """The keys a config's ``dataset.params`` may hold for this dataset."""
+    import dataclasses
+    import inspect
+
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; available: {sorted(DATASETS)}")
+    module, func, _ = DATASETS[name]
+    mod = importlib.import_module(module)
+    if name == "synthetic":  # make_synthetic(**overrides) forwards them to SyntheticConfig
+        return {f.name for f in dataclasses.fields(mod.SyntheticConfig)}
+    return set(inspect.signature(getattr(mod, func)).parameters) - {"data_home", "cache_dir",
+                                                                     "progress"}
+
+
 def load_dataset(name: str, data_home: str | Path | None = None, cache_dir: str | Path | None = None,
                  progress: bool = True, **params: Any) -> Dataset:
     """Load a dataset by its registry name, passing ``params`` to its loader."""
