@@ -12,6 +12,15 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_feature_cache(tmp_path_factory):
+    """Tests never write into the user's feature cache (fixture models make fake features)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LINBRIDGE_CACHE", str(tmp_path_factory.mktemp("feature_cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def small_synthetic():
     from linbridge.data import make_synthetic
