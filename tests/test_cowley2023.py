@@ -209,10 +209,14 @@ def test_data_home_resolution(tmp_path, monkeypatch):
     monkeypatch.setenv("LINBRIDGE_DATA", str(tmp_path))
     assert cowley2023.resolve_data_root() == root
     monkeypatch.delenv("LINBRIDGE_DATA")
-    with pytest.raises(ValueError, match="pass data_home=.*LINBRIDGE_DATA"):
+    with pytest.raises(ValueError, match="pass --data-home DIR .*data_home=.*LINBRIDGE_DATA.*"
+                                         "linbridge fetch cowley2023-v4"):
         cowley2023.resolve_data_root()
-    with pytest.raises(FileNotFoundError, match="holds neither"):
+    with pytest.raises(FileNotFoundError, match="'.*nowhere' does not exist"):
         cowley2023.resolve_data_root(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds neither"):
+        cowley2023.resolve_data_root(tmp_path / "empty")
 
 
 def test_published_session_with_wrong_bytes_is_refused(tmp_path, fake_features):

@@ -47,6 +47,9 @@ def monkey_of(session: str) -> str:
     return "unknown"
 
 
+_FETCH_HINT = "linbridge fetch cowley2023-v4 --data-home DIR"  # Python: fetch_cowley2023_v4(DIR)
+
+
 def resolve_data_root(data_home: str | os.PathLike | None = None) -> Path:
     """The ``cowley2023_v4`` folder: from ``data_home`` (the folder holding it, or the folder
     itself), else from ``$LINBRIDGE_DATA``."""
@@ -54,9 +57,9 @@ def resolve_data_root(data_home: str | os.PathLike | None = None) -> Path:
         env = os.environ.get(DATA_ENV)
         if not env:
             raise ValueError(
-                f"no data folder given: pass data_home= (the folder that contains "
-                f"'{DATASET_DIR}/', or that folder itself) or set ${DATA_ENV}; "
-                "fetch_cowley2023_v4(dest) downloads the data"
+                f"no data folder given: pass --data-home DIR on the command line (data_home= "
+                f"in Python), the folder that contains '{DATASET_DIR}/' or that folder itself, "
+                f"or set ${DATA_ENV}; `{_FETCH_HINT}` downloads the data"
             )
         data_home, origin = env, f"${DATA_ENV}"
     else:
@@ -66,10 +69,13 @@ def resolve_data_root(data_home: str | os.PathLike | None = None) -> Path:
         return home / DATASET_DIR
     if (home / "responses_repeat_averaged").is_dir() or (home / "images").is_dir():
         return home
+    if not home.exists():
+        raise FileNotFoundError(f"{origin}={str(home)!r} does not exist; `{_FETCH_HINT}` "
+                                "downloads the data there")
     raise FileNotFoundError(
         f"{origin}={str(home)!r} holds neither '{DATASET_DIR}/' nor "
         "'responses_repeat_averaged/' and 'images/'; pass the folder that contains "
-        f"'{DATASET_DIR}/' (or fetch it with fetch_cowley2023_v4)"
+        f"'{DATASET_DIR}/' (or download it with `{_FETCH_HINT}`)"
     )
 
 
@@ -185,7 +191,7 @@ def _check_sha256(root: Path, path: Path, digest: str) -> None:
     expected = EXPECTED_SHA256.get(rel)
     if expected is not None and expected != digest:
         raise ValueError(f"{path} has SHA-256 {digest}, but the published file has {expected}; "
-                         "re-fetch it (fetch_cowley2023_v4) or pass verify=False")
+                         f"re-fetch it (`{_FETCH_HINT}`) or pass verify=False")
 
 
 def load_cowley2023_v4(data_home: str | os.PathLike | None = None, session: str = "201025",
