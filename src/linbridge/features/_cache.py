@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -89,7 +90,8 @@ def _read_entry(npy: Path, sidecar: Path, key: dict) -> np.ndarray | None:
 
 def cached_features(key_dict: Mapping[str, Any], compute_fn: Callable[[], np.ndarray],
                     cache_dir: str | os.PathLike | None = None, *, name: str = "features",
-                    info: Mapping[str, Any] | None = None) -> np.ndarray:
+                    info: Mapping[str, Any] | None = None, announce: str | None = None
+                    ) -> np.ndarray:
     """Return ``compute_fn()``, or its cached result when an entry for ``key_dict`` exists.
 
     key_dict : JSON-serialisable dict that fully determines the array (model, preprocessing,
@@ -98,6 +100,8 @@ def cached_features(key_dict: Mapping[str, Any], compute_fn: Callable[[], np.nda
     cache_dir : cache root (see ``default_cache_dir``).
     name : readable prefix of the file names.
     info : extra metadata for the sidecar that is not part of the key (versions, timings).
+    announce : on a miss, a line printed to stderr before computing (long extractions
+        should not look like a hang when progress bars are off, e.g. in logs).
 
     If the cache directory cannot be written, the array is returned uncached with a warning.
     """
@@ -107,6 +111,9 @@ def cached_features(key_dict: Mapping[str, Any], compute_fn: Callable[[], np.nda
     if hit is not None:
         return hit
 
+    if announce:
+        print(f"[linbridge] {announce} (once: cached in {npy.parent})", file=sys.stderr,
+              flush=True)
     t0 = time.perf_counter()
     arr = np.asarray(compute_fn())
     seconds = time.perf_counter() - t0

@@ -309,6 +309,7 @@ def cached_clip_features(images: ImageSource, image_ids, clip: ClipVision,
         lambda: extract_clip_features(images, clip, layer, batch_size=batch_size,
                                       progress=progress, n_images=len(ids))[layer],
         cache_dir, name=f"clip-{safe}-{layer}", info=info,
+        announce=f"extracting {clip.name} features ({layer}) of {len(ids)} images" if progress else None,
     )
 
 

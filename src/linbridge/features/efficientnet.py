@@ -165,4 +165,5 @@ def cached_efficientnet_features(images: ImageSource, image_ids, key_extra: Mapp
         lambda: extract_efficientnet_features(images, batch_size=batch_size, progress=progress,
                                               n_images=len(ids)),
         cache_dir, name=name, info=info,
+        announce=f"extracting EfficientNet-Lite0 features of {len(ids)} images" if progress else None,
     )
