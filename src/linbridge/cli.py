@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -9,6 +10,16 @@ import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="LinBridge: interpret nonlinear neural encoding models through their Jacobians.")
+
+
+def _short_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings as one line for people at a terminal, not a source excerpt."""
+    return f"warning: {message}\n"
+
+
+@app.callback()
+def _setup() -> None:
+    warnings.formatwarning = _short_warning
 
 
 def _fail(msg: str) -> None:
@@ -47,7 +58,8 @@ def demo(dataset: str = typer.Option("synthetic", help="synthetic | cowley2023-v
          out: Path = typer.Option(Path("runs/demo"), help="run directory"),
          data_home: Optional[Path] = typer.Option(None, envvar="LINBRIDGE_DATA",
                                                   help="folder holding the data sets"),
-         session: Optional[str] = typer.Option(None, help="cowley2023-v4 session"),
+         session: Optional[str] = typer.Option(None, help="cowley2023-v4 session "
+                                               "(default 201025)"),
          seed: int = typer.Option(0, help="seed of the encoders and learner"),
          quiet: bool = typer.Option(False, help="no progress output")) -> None:
     """Run the whole LinBridge job on a built-in dataset."""
@@ -68,11 +80,13 @@ def demo(dataset: str = typer.Option("synthetic", help="synthetic | cowley2023-v
 @app.command("run")
 def run_config(config: Path = typer.Argument(..., help="YAML configuration"),
                out: Path = typer.Option(Path("runs/run"), help="run directory"),
-               data_home: Optional[Path] = typer.Option(None, envvar="LINBRIDGE_DATA"),
-               set_: list[str] = typer.Option([], "--set", help="override, e.g. "
+               data_home: Optional[Path] = typer.Option(None, envvar="LINBRIDGE_DATA",
+                                                        help="folder holding the data sets "
+                                                        "(overrides the config's data_home)"),
+               set_: list[str] = typer.Option([], "--set", metavar="KEY.PATH=VALUE", help="override, e.g. "
                                               "--set dataset.params.subject=2 (value is YAML)"),
-               quiet: bool = typer.Option(False)) -> None:
-    """Run the job described by a YAML configuration."""
+               quiet: bool = typer.Option(False, help="no progress output")) -> None:
+    """Run the job described by a YAML configuration (configs/nsd_paper.yaml is an example)."""
     from .config import load_config
 
     try:

@@ -354,12 +354,18 @@ def run(cfg: RunConfig, out: Path, progress: bool = True) -> dict[str, Any]:
     params = dict(cfg.dataset.params)
     if cfg.dataset.name == "synthetic":
         params.setdefault("seed", cfg.seed)
-    ds = load_dataset(cfg.dataset.name, cfg.data_home, cfg.cache_dir, progress, **params)
+    with warnings.catch_warnings(record=True) as caught:  # shown now and kept for the report
+        warnings.simplefilter("default")
+        ds = load_dataset(cfg.dataset.name, cfg.data_home, cfg.cache_dir, progress, **params)
+    for w in caught:
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    data_warnings = [str(w.message) for w in caught]
     times = {"data": time.perf_counter() - t}
     data_key = fingerprint(cfg.dataset.name, params, ds.meta.get("files", {}),
                            ds.summary())
     save_json(rd.path("dataset.json"), {**ds.summary(), "params": params, "data_home": cfg.data_home,
-                                        "files": ds.meta.get("files", {}), "seed": cfg.seed})
+                                        "files": ds.meta.get("files", {}), "seed": cfg.seed,
+                                        "warnings": data_warnings})
 
     t = time.perf_counter()
     encs, enc_key = fit_encoders(cfg, ds, rd, data_key, progress)

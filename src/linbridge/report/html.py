@@ -393,7 +393,8 @@ def build_report(run_dir: Path, ds=None, encoders=None) -> Path:
           f"<title>linbridge report: {html.escape(dsinfo['name'])}</title>"
           f"<style>{CSS}</style></head><body>")
     R.add(f"<h1>LinBridge report — {html.escape(dsinfo['name'])}</h1>")
-    R.add("<p>Image check: <span id='image-check'>not run (needs a browser)</span></p>")
+    R.add("<p>Image check: <span id='image-check'>not run (it runs when the page is opened in "
+          "a browser with scripts on; scripts/render_report.py does it headless)</span></p>")
     seeds = {"run seed": dsinfo.get("seed")}
     afd_seeds = idx.get("afd", {}).get("tsne_seeds")
     if afd_seeds is not None:
@@ -414,7 +415,8 @@ def build_report(run_dir: Path, ds=None, encoders=None) -> Path:
     R.add("<h2>Run</h2>" + _table(summary + [[k, v] for k, v in versions.items()], ["", ""]))
 
     # -- warnings ---------------------------------------------------------------------
-    warns = [f"learner: {w}" for w in learner.get("warnings", [])]
+    warns = [f"data: {w}" for w in dsinfo.get("warnings", [])]
+    warns += [f"learner: {w}" for w in learner.get("warnings", [])]
     if learner.get("collapsed"):
         warns.append("the LinBridge learner collapsed (its mapping bias fell below half of the "
                      "mean-Jacobian split): read the learned split with care")
@@ -513,7 +515,8 @@ def build_report(run_dir: Path, ds=None, encoders=None) -> Path:
                      "(from stability.json).")
     else:
         R.note("no stability.json in the run directory: stability curves (batch size, seed) "
-               "not drawn.")
+               "not drawn; set bridge.stability: true in the config (or --set "
+               "bridge.stability=true) to compute them (about 10 extra learner fits).")
 
     # -- ground truth ---------------------------------------------------------------------
     if "ground_truth" in m and "planted_strength" in units:
