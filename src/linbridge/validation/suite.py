@@ -85,7 +85,7 @@ def jne_simulation_checks(cfg: SuiteConfig, progress: bool = False) -> list[Chec
               frac(pa, "jne", "frac_shallow_lt_deep_lt_both"), 0.95, ">=", "JNE",
               {**size, "first_layer": "residual", "per_activation": pa,
                "nf_min_fraction": frac(pa, "nf", "frac_shallow_lt_deep_lt_both")}),
-        Check("3e", "JNE sims", "the issue's formula h1 = phi1(W1 x), h2 = h1 + phi2(W2 h1): "
+        Check("3e", "JNE sims", "plain first layer h1 = phi1(W1 x), h2 = h1 + phi2(W2 h1): "
               "shallow < deep < both (min fraction over activations)",
               frac(pa_plain, "jne", "frac_shallow_lt_deep_lt_both"), None, ">=", "JNE",
               {**size, "first_layer": "plain", "per_activation": pa_plain,
