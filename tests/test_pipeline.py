@@ -102,6 +102,18 @@ def test_report_command_on_unfinished_dir(tmp_path):
     assert "not a finished run" in res.output
 
 
+def test_config_yaml_spells_out_what_ran(small_run):
+    """config.yaml in the run directory lists the defaults too, and reads back."""
+    _, out, _ = small_run
+    d = yaml.safe_load((out / "config.yaml").read_text())
+    learner = d["bridge"]["learner"]
+    assert learner["n_epochs"] == 3 and learner["temperature"] == 0.1 and learner["seed"] == 1
+    mlp = d["encoders"]["mlp_relu"]
+    assert mlp["patience"] == 8 and mlp["seed"] == 1 and mlp["activation"] == "relu"
+    assert d["encoders"]["ridge"]["cv"] == 3 and len(d["encoders"]["ridge"]["alphas"]) == 19
+    assert load_config(out / "config.yaml").bridge.learner["min_ess_fraction"] == 0.5
+
+
 def test_changed_config_invalidates_stage(small_run):
     """A changed encoder setting retrains the encoders and redoes the decomposition."""
     cfg, out, _ = small_run

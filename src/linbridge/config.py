@@ -192,5 +192,41 @@ def load_config(path: Path, overrides: list[str] | None = None) -> RunConfig:
     return config_from_dict(d, where=str(path))
 
 
-def dump_config(cfg: RunConfig) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+def _plain(v: Any) -> Any:
+    """YAML-safe: tuples to lists, numpy scalars to Python numbers."""
+    if isinstance(v, (tuple, list)):
+        return [_plain(x) for x in v]
+    if hasattr(v, "item") and not isinstance(v, (str, bytes)):
+        return v.item()
+    return v
+
+
+def effective_params(cls: type, given: dict[str, Any], seed: int,
+                     skip: tuple[str, ...] = ("self", "progress", "checkpoint_path")
+                     ) -> dict[str, Any]:
+    """The keyword arguments ``cls`` runs with: its defaults (seed = the run's seed, as the
+    pipeline passes it) updated with the configured ones."""
+    import inspect
+
+    out = {k: _plain(p.default) for k, p in inspect.signature(cls.__init__).parameters.items()
+           if k not in skip and p.default is not inspect.Parameter.empty}
+    if "seed" in out:
+        out["seed"] = seed
+    return {**out, **given}
+
+
+def dump_config(cfg: RunConfig, effective: bool = False) -> str:
+    """The configuration as YAML; ``effective=True`` spells out the encoder and learner
+    defaults, so a run directory's config.yaml says exactly what ran (and reads back to
+    the same run)."""
+    d = cfg.to_dict()
+    if effective:
+        from .bridge import LinBridge
+        from .encoders import MLPEncoder, RidgeEncoder
+
+        for name in ("ridge", "mlp_linear", "mlp_relu"):
+            cls = RidgeEncoder if name == "ridge" else MLPEncoder
+            seed = cfg.seed if name != "ridge" else None
+            d["encoders"][name] = effective_params(cls, d["encoders"][name], seed)
+        d["bridge"]["learner"] = effective_params(LinBridge, d["bridge"]["learner"], cfg.seed)
+    return yaml.safe_dump(d, sort_keys=False)

@@ -347,7 +347,7 @@ def run(cfg: RunConfig, out: Path, progress: bool = True) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     rd = RunDir(out)
-    save_bytes(rd.path("config.yaml"), dump_config(cfg).encode())
+    save_bytes(rd.path("config.yaml"), dump_config(cfg, effective=True).encode())
     save_json(rd.path("versions.json"), {**_versions(), "device": cfg.jacobian.device,
                                          "torch_threads": torch.get_num_threads()})
     t = _stage(f"loading dataset '{cfg.dataset.name}'", progress)
