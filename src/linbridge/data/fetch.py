@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Iterable
 
 from tqdm.auto import tqdm
+
+from ..files import atomic_write
 
 REPO = "cowleygroup/V4_compact_models"
 COMMIT = "f4552ad9d34a466ebc66658f72a08a8e5038f1cf"
@@ -148,35 +149,30 @@ def _source(base_url: str, local: str) -> str:
 
 
 def _download(src: str, target: Path, expected: str, progress: bool, label: str) -> None:
-    """Copy ``src`` (URL or path) to a temp file beside ``target``, verify, then replace."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    h = hashlib.sha256()
-    head = b""
+    """Stream ``src`` (URL or path) into ``target`` atomically, verifying its SHA-256 first."""
     try:
-        try:
-            if "://" in src:
-                stream = urllib.request.urlopen(src, timeout=60)
-                total = stream.headers.get("Content-Length")
-            else:
-                stream = open(src, "rb")
-                total = os.fstat(stream.fileno()).st_size
-        except (urllib.error.URLError, OSError) as err:
-            raise OSError(
-                f"could not read {label} from {src}: {err}. Without network access, "
-                "pass base_url= a local copy of the repository (a directory or file:// URL)"
-            ) from err
-        with stream, os.fdopen(fd, "wb") as out, tqdm(
-                total=int(total) if total else None, unit="B", unit_scale=True,
-                desc=target.name, disable=None if progress else True) as bar:
+        if "://" in src:
+            stream = urllib.request.urlopen(src, timeout=60)
+            total = stream.headers.get("Content-Length")
+        else:
+            stream = open(src, "rb")
+            total = os.fstat(stream.fileno()).st_size
+    except (urllib.error.URLError, OSError) as err:
+        raise OSError(
+            f"could not read {label} from {src}: {err}. Without network access, "
+            "pass base_url= a local copy of the repository (a directory or file:// URL)"
+        ) from err
+
+    def copy_and_verify(out) -> None:  # raising here makes atomic_write discard the file
+        h, head = hashlib.sha256(), b""
+        with stream, tqdm(total=int(total) if total else None, unit="B", unit_scale=True,
+                          desc=target.name, disable=None if progress else True) as bar:
             while block := stream.read(1 << 20):
                 if len(head) < 64:
                     head += block[:64]
                 h.update(block)
                 out.write(block)
                 bar.update(len(block))
-            out.flush()
-            os.fsync(out.fileno())
         got = h.hexdigest()
         if got != expected:
             hint = (" (the server sent a Git LFS pointer, not the file)"
@@ -185,14 +181,8 @@ def _download(src: str, target: Path, expected: str, progress: bool, label: str)
                 f"SHA-256 mismatch for {label} from {src}: expected {expected}, got {got}{hint}; "
                 "the download was discarded"
             )
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; data files are for everyone to read
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+
+    atomic_write(target, copy_and_verify, suffix=".part")
 
 
 def fetch_cowley2023_v4(dest: str | os.PathLike, sessions: Iterable[str] | None = None,
