@@ -1,7 +1,6 @@
 """Integration tests of every CLI path on small data."""
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -213,7 +213,8 @@ def load_cowley2023_v4(data_home: str | os.PathLike | None = None, session: str 
     Returns a Dataset with X (n_images, 1280) and Y (n_images, n_neurons), both float32 and
     z-scored with training statistics; ``images(indices)`` gives the uint8 images.
     """
-    from ..features._cache import default_cache_dir, sha256_file
+    from ..features._cache import default_cache_dir
+    from ..files import sha256_file
     from ..features.efficientnet import cached_efficientnet_features, extractor_info
 
     session = str(session)

@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from ..files import atomic_write, sha256_file  # noqa: F401  (sha256_file re-exported)
+from ..files import atomic_write
 
 CACHE_ENV = "LINBRIDGE_CACHE"
 #: bump when the file layout changes so old entries are ignored, not misread

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ._images import ImageSource, count_images, iter_image_batches
-from ._cache import cached_features, hash_strings, sha256_file
+from ..files import sha256_file
+from ._cache import cached_features, hash_strings
 
 MODEL_NAME = "efficientnet-lite0"
 IMAGE_SIZE = 224
