@@ -21,6 +21,15 @@ def isolated_feature_cache(tmp_path_factory):
     mp.undo()
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny problems: intra-op threads only add barrier waits (long ones on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def small_synthetic():
     from linbridge.data import make_synthetic

@@ -21,13 +21,7 @@ ACTS = ["relu", "leaky_relu", "gelu", "silu", "sigmoid", "tanh", "identity"]
 ALL = ("jac_l2sq", "jx", "l1", "l2sq", "down", "euler")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny problems: intra-op threads only add barrier waits (long ones on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(act="relu", bias=False, depth=1, residual=0, D=6, V=5, H=9, seed=0):

@@ -12,12 +12,7 @@ from linbridge.jacobian import (ModelJacobianSource, ZarrJacobianSource,  # noqa
                                 deviation_statistics, weighted_mean_jacobian, write_store)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class _Stop(Exception):
