@@ -23,28 +23,13 @@ import math
 import numpy as np
 import torch
 
-from linbridge.validation.jne_sims import ACTIVATIONS, _act_and_derivative, _net_indices, _ResNet
+from linbridge.validation.jne_sims import ACTIVATIONS, _net_indices, _ResNet, residual_jacobians
 
 READINGS = [  # (first layer, second layer, W2 gain or "randn")
     ("residual", "residual", None), ("plain", "residual", None),
     ("plain", "residual", 1.0), ("plain", "residual", math.sqrt(2)), ("plain", "residual", 2.0),
     ("plain", "residual", "randn"), ("plain", "plain", None), ("plain", "post", None),
 ]
-
-
-def jacobians(net: _ResNet, X: torch.Tensor, first: str, second: str, act1, act2) -> torch.Tensor:
-    """J_k = w3 B2_k B1_k for the reading; an activation of None is the identity."""
-    ident = lambda z: (z, torch.ones_like(z))  # noqa: E731
-    f1 = (lambda z: _act_and_derivative(act1, z)) if act1 is not None else ident
-    f2 = (lambda z: _act_and_derivative(act2, z)) if act2 is not None else ident
-    a1, d1 = f1(X @ net.W1.T + net.b1)
-    h1 = X + a1 if first == "residual" else a1
-    z2 = h1 @ net.W2.T + net.b2 + (h1 if second == "post" else 0)
-    _, d2 = f2(z2)
-    g = d2 * net.w3
-    G2 = {"residual": net.w3 + g @ net.W2, "plain": g @ net.W2, "post": g + g @ net.W2}[second]
-    J = (G2 * d1) @ net.W1
-    return J + G2 if first == "residual" else J
 
 
 def main() -> None:
@@ -68,7 +53,8 @@ def main() -> None:
             for name, cls in ACTIVATIONS.items():
                 for p, (a1, a2) in {"shallow": (cls(), None), "deep": (None, cls()),
                                     "both": (cls(), cls())}.items():
-                    jne[name][p].append(_net_indices(jacobians(net, X, first, second, a1, a2))[0])
+                    J = residual_jacobians(net, X, a1, a2, first, second)
+                    jne[name][p].append(_net_indices(J)[0])
         label = f"first={first} second={second} W2={'default' if gain is None else gain}"
         for name, v in jne.items():
             s, d, b = (np.asarray(v[p]) for p in ("shallow", "deep", "both"))

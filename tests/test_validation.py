@@ -67,6 +67,25 @@ def test_residual_products_match_linbridge_jacobian(first_layer):
             assert rep[name][p][1] == pytest.approx(nf, rel=1e-4)
 
 
+@pytest.mark.parametrize("first_layer", ["residual", "plain"])
+@pytest.mark.parametrize("second_layer", ["plain", "post"])
+def test_other_second_layers_match_autodiff(first_layer, second_layer):
+    """The readings scripts/residual_readings.py measures, against torch.func on the forward."""
+    net = _ResNet(12, 12, seed=2, dtype=torch.float64)
+    X = torch.rand(5, 12, dtype=torch.float64) * 20 - 10
+    a1, a2 = torch.nn.GELU(), torch.nn.SiLU()
+
+    def f(x):
+        h1 = a1(net.W1 @ x + net.b1) + (x if first_layer == "residual" else 0)
+        z2 = net.W2 @ h1 + net.b2 + (h1 if second_layer == "post" else 0)
+        return net.w3 @ a2(z2)
+
+    ref = torch.func.vmap(torch.func.jacrev(f))(X)
+    torch.testing.assert_close(residual_jacobians(net, X, a1, a2, first_layer, second_layer), ref)
+    with pytest.raises(ValueError, match="second_layer must be one of"):
+        residual_jacobians(net, X, a1, a2, first_layer, "dense")
+
+
 def test_residual_first_layer_needs_square_weights():
     with pytest.raises(ValueError, match="width == n_features"):
         residual_jacobians(_ResNet(8, 5, seed=0), torch.zeros(2, 5), None, None)

@@ -141,24 +141,32 @@ class _ResNet:
         return nn.Sequential(*first, block(self.W2, self.b2, act2), l3).eval()
 
 
+SECOND_LAYERS = ("residual", "plain", "post")
+
+
 @torch.no_grad()
 def residual_jacobians(net: _ResNet, X: torch.Tensor, act1: nn.Module | None,
-                       act2: nn.Module | None, first_layer: str = "residual") -> torch.Tensor:
-    """Jacobians of y for every row of X: (n, n_features).
+                       act2: nn.Module | None, first_layer: str = "residual",
+                       second_layer: str = "residual") -> torch.Tensor:
+    """Jacobians of y = w3 . h2 for every row of X: (n, n_features).
 
-    ``first_layer="residual"``: J_k = w3 (I + D2_k W2)(I + D1_k W1);
-    ``"plain"``: J_k = w3 (I + D2_k W2) D1_k W1. No activation means D = I.
+    first layer  ``"residual"``: h1 = x + phi1(W1 x + b1);  ``"plain"``: h1 = phi1(W1 x + b1)
+    second layer ``"residual"``: h2 = h1 + phi2(W2 h1 + b2) (the readings the suite judges);
+    ``"plain"``: h2 = phi2(W2 h1 + b2); ``"post"``: h2 = phi2(h1 + W2 h1 + b2) (other
+    readings, measured by scripts/residual_readings.py). No activation means D = I.
     """
     _check_first_layer(first_layer, *net.W1.shape)
+    if second_layer not in SECOND_LAYERS:
+        raise ValueError(f"second_layer must be one of {SECOND_LAYERS}, got {second_layer!r}")
     z1 = X @ net.W1.T + net.b1
     h1, d1 = (z1, None) if act1 is None else _act_and_derivative(act1, z1)
     if first_layer == "residual":
         h1 = X + h1
     w3 = net.w3
-    if act2 is None:  # the residual branch is linear: G2 is the same for every sample
-        G2 = (w3 + w3 @ net.W2).expand(X.shape[0], -1)
-    else:
-        G2 = w3 + (dphi(act2, h1 @ net.W2.T + net.b2) * w3) @ net.W2
+    z2 = h1 @ net.W2.T + net.b2 + (h1 if second_layer == "post" else 0)
+    g = w3 if act2 is None else dphi(act2, z2) * w3  # w3 D2, one row per sample
+    G2 = {"residual": w3 + g @ net.W2, "plain": g @ net.W2, "post": g + g @ net.W2}[second_layer]
+    G2 = G2.expand(X.shape[0], -1)
     J = (G2 if d1 is None else G2 * d1) @ net.W1
     return J + G2 if first_layer == "residual" else J
 
