@@ -112,11 +112,7 @@ def config_from_dict(d: dict[str, Any], where: str = "config") -> RunConfig:
         sec = d.get(key) or {}
         if not isinstance(sec, dict):
             raise ValueError(f"{where}: section '{key}' must be a mapping, got {type(sec).__name__}")
-        valid = {f.name for f in fields(cls)}
-        bad = set(sec) - valid
-        if bad:
-            raise ValueError(f"{where}: unknown key(s) {sorted(bad)} in section '{key}'; "
-                             f"valid: {sorted(valid)}")
+        _check_keys(sec, {f.name for f in fields(cls)}, where, f"section '{key}'")
         kwargs[key] = cls(**_merge(asdict(getattr(base, key)), sec))
     for k in ("seed", "data_home", "cache_dir"):
         if k in d:
@@ -132,6 +128,18 @@ def _check_keys(params: dict[str, Any], valid: set[str], where: str, key: str) -
         raise ValueError(f"{where}: unknown key(s) {sorted(bad)} in {key}; valid: {sorted(valid)}")
 
 
+def _components() -> dict[tuple[str, str], type]:
+    """(section, key) of every keyword-argument mapping in a config -> the class it feeds."""
+    from .bridge import LinBridge
+    from .encoders import MLPEncoder, RidgeEncoder
+
+    return {("encoders", "ridge"): RidgeEncoder, ("encoders", "mlp_linear"): MLPEncoder,
+            ("encoders", "mlp_relu"): MLPEncoder, ("bridge", "learner"): LinBridge}
+
+
+_NOT_CONFIGURABLE = ("self", "progress", "checkpoint_path")  # set by the pipeline itself
+
+
 def _check_component_params(cfg: RunConfig, where: str) -> None:
     """Refuse unknown dataset/encoder/learner keys and bad learner values now, not after
     the data has loaded and the encoders have trained."""
@@ -139,18 +147,15 @@ def _check_component_params(cfg: RunConfig, where: str) -> None:
 
     from .bridge import LinBridge
     from .data.registry import dataset_parameters
-    from .encoders import MLPEncoder, RidgeEncoder
 
     try:
         ds_valid = dataset_parameters(cfg.dataset.name)
     except ValueError as e:
         raise ValueError(f"{where}: dataset.name: {e}") from None
     _check_keys(cfg.dataset.params, ds_valid, where, "dataset.params")
-    init_keys = lambda cls: set(inspect.signature(cls.__init__).parameters) - {"self", "progress"}  # noqa: E731
-    for name in ("ridge", "mlp_linear", "mlp_relu"):
-        cls = RidgeEncoder if name == "ridge" else MLPEncoder
-        _check_keys(getattr(cfg.encoders, name), init_keys(cls), where, f"encoders.{name}")
-    _check_keys(cfg.bridge.learner, init_keys(LinBridge), where, "bridge.learner")
+    for (section, key), cls in _components().items():
+        valid = set(inspect.signature(cls.__init__).parameters) - set(_NOT_CONFIGURABLE)
+        _check_keys(getattr(getattr(cfg, section), key), valid, where, f"{section}.{key}")
     try:
         LinBridge(**cfg.bridge.learner).check_params()
     except ValueError as e:
@@ -201,15 +206,13 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def effective_params(cls: type, given: dict[str, Any], seed: int,
-                     skip: tuple[str, ...] = ("self", "progress", "checkpoint_path")
-                     ) -> dict[str, Any]:
+def effective_params(cls: type, given: dict[str, Any], seed: int) -> dict[str, Any]:
     """The keyword arguments ``cls`` runs with: its defaults (seed = the run's seed, as the
     pipeline passes it) updated with the configured ones."""
     import inspect
 
     out = {k: _plain(p.default) for k, p in inspect.signature(cls.__init__).parameters.items()
-           if k not in skip and p.default is not inspect.Parameter.empty}
+           if k not in _NOT_CONFIGURABLE and p.default is not inspect.Parameter.empty}
     if "seed" in out:
         out["seed"] = seed
     return {**out, **given}
@@ -221,12 +224,6 @@ def dump_config(cfg: RunConfig, effective: bool = False) -> str:
     the same run)."""
     d = cfg.to_dict()
     if effective:
-        from .bridge import LinBridge
-        from .encoders import MLPEncoder, RidgeEncoder
-
-        for name in ("ridge", "mlp_linear", "mlp_relu"):
-            cls = RidgeEncoder if name == "ridge" else MLPEncoder
-            seed = cfg.seed if name != "ridge" else None
-            d["encoders"][name] = effective_params(cls, d["encoders"][name], seed)
-        d["bridge"]["learner"] = effective_params(LinBridge, d["bridge"]["learner"], cfg.seed)
+        for (section, key), cls in _components().items():
+            d[section][key] = effective_params(cls, d[section][key], cfg.seed)
     return yaml.safe_dump(d, sort_keys=False)
