@@ -67,7 +67,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ._dataset import Dataset, Split
-from .preprocessing import CONSTANT_TOL, zscore_by_train
+from .preprocessing import is_constant, zscore_by_train
 
 # --------------------------------------------------------------------------- file facts
 BETAS_VERSION = "betas_fithrf_GLMdenoise_RR"
@@ -78,13 +78,10 @@ SESSIONS_COMPLETED = {1: 40, 2: 40, 3: 32, 4: 30, 5: 40, 6: 32, 7: 40, 8: 30}
 N_SUBJECTS = 8
 N_STIMULI = 73000
 N_SHARED = 1000
-N_IMAGES_PER_SUBJECT = 10000
 STIMULUS_SHAPE = (425, 425, 3)
 FSAVERAGE_N_VERTICES = 163842
 SPACES = ("func1pt8mm", "fsaverage")
 HEMIS = ("lh", "rh")
-#: subjects whose fsaverage betas have NaN vertices
-NAN_VERTEX_SUBJECTS = (6, 8)
 
 #: ROI names of each NSD atlas, verbatim, in label order (label k is the k-th name, from 1)
 NSD_ROI_NAMES: dict[str, tuple[str, ...]] = {
@@ -177,10 +174,6 @@ class NSDPaths:
     @property
     def stimuli(self) -> Path:
         return self.root / "nsddata_stimuli" / "stimuli" / "nsd" / "nsd_stimuli.hdf5"
-
-    @property
-    def shared1000_dir(self) -> Path:
-        return self.root / "nsddata" / "stimuli" / "nsd" / "shared1000"
 
 
 def _check_space(space: str) -> None:
@@ -630,8 +623,7 @@ def _zscore_session(a: np.ndarray, col_block: int = 8192) -> np.ndarray:
         mean = blk.mean(0)
         blk -= mean
         std = np.sqrt((blk ** 2).mean(0))
-        with np.errstate(invalid="ignore"):
-            c = std <= CONSTANT_TOL * np.maximum(1.0, np.abs(mean))
+        c = is_constant(mean, std)
         blk /= np.where(c, 1.0, std)
         blk[:, c] = 0.0
         a[:, c0:c0 + col_block] = blk

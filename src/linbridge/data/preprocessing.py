@@ -52,12 +52,19 @@ def check_finite(a: np.ndarray, what: str, axis_names: Sequence[str] = ("row", "
     )
 
 
+def is_constant(mean: np.ndarray, std: np.ndarray, tol: float = CONSTANT_TOL) -> np.ndarray:
+    """The project's one rule for a (near-)constant column: std <= tol * max(1, |mean|).
+
+    NaN statistics are not constant (False): callers that must reject NaN check it apart."""
+    with np.errstate(invalid="ignore"):
+        return std <= tol * np.maximum(1.0, np.abs(mean))
+
+
 def constant_columns(a: np.ndarray, tol: float = CONSTANT_TOL) -> np.ndarray:
-    """Boolean mask of columns whose std is below ``tol`` times max(1, |mean|)."""
+    """Boolean mask of the (near-)constant columns of ``a`` (see ``is_constant``)."""
     a64 = np.asarray(a, dtype=np.float64)
     mean = a64.mean(axis=0)
-    std = (a64 - mean).std(axis=0)
-    return std <= tol * np.maximum(1.0, np.abs(mean))
+    return is_constant(mean, (a64 - mean).std(axis=0), tol)
 
 
 def zscore_by_train(a: np.ndarray, train: np.ndarray, what: str = "array"
@@ -71,7 +78,7 @@ def zscore_by_train(a: np.ndarray, train: np.ndarray, what: str = "array"
     ref = a64[train]
     mean = ref.mean(axis=0)
     std = (ref - mean).std(axis=0)
-    const = std <= CONSTANT_TOL * np.maximum(1.0, np.abs(mean))
+    const = is_constant(mean, std)
     if const.any():
         warnings.warn(
             f"{what}: {int(const.sum())} column(s) are constant on the training samples "

@@ -5,7 +5,7 @@ import warnings
 
 import numpy as np
 
-from ..data.preprocessing import CONSTANT_TOL, check_finite, check_same_samples
+from ..data.preprocessing import CONSTANT_TOL, check_finite, check_same_samples, constant_columns
 
 
 def _prepare(Y, Y_pred):
@@ -22,9 +22,7 @@ def _prepare(Y, Y_pred):
 def valid_units(Y, tol: float = CONSTANT_TOL) -> np.ndarray:
     """False for units whose responses are (near-)constant: (n_units,) bool."""
     Y = np.asarray(Y, dtype=np.float64)
-    mean = Y.mean(0)
-    std = (Y - mean).std(0)
-    return std > tol * np.maximum(1.0, np.abs(mean))
+    return ~constant_columns(Y, tol) & np.isfinite(Y).all(0)  # a NaN unit is not valid either
 
 
 def _warn_constant(valid: np.ndarray, what: str) -> None:
