@@ -248,9 +248,6 @@ class MLPPlan:
         assert rows is not None
         return FrontRep(idx, rows)
 
-    def front_reps(self, derivs, n: int, complement: bool = False) -> list[FrontRep]:
-        return [self.front_rep(derivs, k, complement) for k in range(n)]
-
     # -- whole Jacobian blocks -----------------------------------------------------------
     @torch.no_grad()
     def jacobian(self, x: torch.Tensor, units: slice | torch.Tensor = slice(None),

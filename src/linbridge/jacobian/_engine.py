@@ -43,7 +43,6 @@ class EnginePlan:
     unit_chunk: int
     sub_units: int
     result_bytes: int
-    working_bytes: int
     workers: int = 1
 
 
@@ -94,8 +93,7 @@ def plan_chunks(plan: MLPPlan, n_samples: int, budget_mb: float, result_bytes: i
     else:
         U = max(1, min(V, int(unit_chunk)))
     sub = min(sub, U)
-    working = fixed + n * per_sample + U * per_unit
-    return EnginePlan(n, U, sub, int(result_bytes), int(working), workers)
+    return EnginePlan(n, U, sub, int(result_bytes), workers)
 
 
 def _bar(total: int, desc: str, progress: bool):
