@@ -40,8 +40,11 @@ INDICES: dict[str, str] = {
 N_EXTREMES = 8
 
 
-def _option(cfg, name: str, default):
-    """An option of an (optional) `analysis` config section, else the default."""
+def _option(cfg, name: str):
+    """An option of the config's (optional) `analysis` section, else AnalysisConfig's default."""
+    from ..config import AnalysisConfig
+
+    default = getattr(AnalysisConfig(), name)
     sec = getattr(cfg, "analysis", None)
     if isinstance(sec, Mapping):
         return sec.get(name, default)
@@ -113,16 +116,16 @@ def analyze_run(ds, dec: dict[str, Any], units: dict[str, np.ndarray], rd: RunDi
 
     # one BLAS/OpenMP thread: with torch's and scikit-learn's OpenMP runtimes both loaded,
     # small SVDs, k-means and t-SNE run several times slower with more threads
-    with threadpool_limits(limits=int(_option(cfg, "n_threads", 1))):
+    with threadpool_limits(limits=int(_option(cfg, "n_threads"))):
         return _analyze(ds, dec, units, rd, cfg, tier_map)
 
 
 def _analyze(ds, dec, units, rd, cfg, tier_map) -> dict:
     t0 = time.perf_counter()
     seed = int(getattr(cfg, "seed", 0))
-    n_boot = int(_option(cfg, "n_boot", 1000))
-    n_random = int(_option(cfg, "afd_n_random", 100))
-    tier_map = tier_map if tier_map is not None else _option(cfg, "tier_map", None)
+    n_boot = int(_option(cfg, "n_boot"))
+    n_random = int(_option(cfg, "afd_n_random"))
+    tier_map = tier_map if tier_map is not None else _option(cfg, "tier_map")
     labels_raw = np.asarray(units["label"]).astype(str)
     meta_tiers = ds.meta.get("tiers") if ds is not None else None
     preferred = list(meta_tiers) if isinstance(meta_tiers, Mapping) else None
@@ -176,7 +179,7 @@ def _analyze(ds, dec, units, rd, cfg, tier_map) -> dict:
 
     # -- tier tests ---------------------------------------------------------------------
     if len(order) >= 2:
-        n_strata = _option(cfg, "n_strata", None)
+        n_strata = _option(cfg, "n_strata")
         out["tier_tests"] = tier_analysis(idx, labels, order, controls=ctrl,
                                           n_strata=None if n_strata is None else int(n_strata),
                                           n_boot=n_boot, seed=seed)
