@@ -112,6 +112,13 @@ def _torch_bytes(obj) -> bytes:
     return buf.getvalue()
 
 
+def _test_source(cfg: RunConfig, encs: dict[str, Any], X_test: np.ndarray) -> ModelJacobianSource:
+    """The nonlinear encoder's Jacobians on the test samples, as the config asks."""
+    jc = cfg.jacobian
+    return ModelJacobianSource(encs["mlp_relu"].module_, X_test, method=jc.method,
+                               memory_budget_mb=jc.memory_budget_mb, device=jc.device)
+
+
 def decompose(cfg: RunConfig, ds: Dataset, encs: dict[str, Any], rd: RunDir, enc_key: str,
               progress: bool = True) -> dict[str, Any]:
     """Jacobians of the nonlinear encoder on the test set; learned and closed-form splits."""
@@ -122,8 +129,7 @@ def decompose(cfg: RunConfig, ds: Dataset, encs: dict[str, Any], rd: RunDir, enc
                 "learner": load_json(rd.path("learner.json"))}
     X_test = ds.X[ds.split.test]
     jc = cfg.jacobian
-    source = ModelJacobianSource(encs["mlp_relu"].module_, X_test, method=jc.method,
-                                 memory_budget_mb=jc.memory_budget_mb, device=jc.device)
+    source = _test_source(cfg, encs, X_test)
     t0 = _stage(f"Jacobians of mlp_relu on {ds.split.test.size} test samples "
                 f"({source.method}, tensor {source.n_samples}x{source.n_units}x{source.n_features})",
                 progress)
@@ -178,24 +184,20 @@ def decompose(cfg: RunConfig, ds: Dataset, encs: dict[str, Any], rd: RunDir, enc
 def evaluate_decomposition(cfg: RunConfig, ds: Dataset, encs: dict[str, Any], rd: RunDir,
                            enc_key: str, progress: bool = True) -> dict[str, Any]:
     """Held-out-half scores and stability of the split (each optional, resumable)."""
-    from dataclasses import asdict as _asdict
-
     from .bridge.evaluation import heldout_split_scores, stability
 
     bc = cfg.bridge
     out: dict[str, Any] = {}
     if not (bc.heldout or bc.stability):
         return out
-    key = fingerprint(enc_key, asdict(cfg.jacobian), _asdict(bc))
+    key = fingerprint(enc_key, asdict(cfg.jacobian), asdict(bc))
     X_test, Y_test = ds.part("test")
-    jc = cfg.jacobian
     source = None
 
-    def get_source():
+    def get_source():  # built only when a stage has to run
         nonlocal source
         if source is None:
-            source = ModelJacobianSource(encs["mlp_relu"].module_, X_test, method=jc.method,
-                                         memory_budget_mb=jc.memory_budget_mb, device=jc.device)
+            source = _test_source(cfg, encs, X_test)
         return source
 
     lp = dict(bc.learner)
